@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// memStatus holds the memory fields of /proc/PID/status, in KiB.
+type memStatus struct {
+	VmRSS int64 // resident set size now
+	VmHWM int64 // peak resident set size over the process's life
+}
+
+// readMemStatus reads VmRSS and VmHWM of pid.
+func readMemStatus(pid int) (memStatus, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return memStatus{}, err
+	}
+	defer f.Close()
+	return parseMemStatus(bufio.NewScanner(f))
+}
+
+func parseMemStatus(sc *bufio.Scanner) (memStatus, error) {
+	var m memStatus
+	found := 0
+	for sc.Scan() {
+		line := sc.Text()
+		var dst *int64
+		switch {
+		case strings.HasPrefix(line, "VmRSS:"):
+			dst = &m.VmRSS
+		case strings.HasPrefix(line, "VmHWM:"):
+			dst = &m.VmHWM
+		default:
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) < 2 {
+			return m, fmt.Errorf("bad status line %q", line)
+		}
+		v, err := strconv.ParseInt(fields[1], 10, 64)
+		if err != nil {
+			return m, fmt.Errorf("bad status line %q: %v", line, err)
+		}
+		*dst = v
+		found++
+	}
+	if err := sc.Err(); err != nil {
+		return m, err
+	}
+	if found < 2 {
+		return m, fmt.Errorf("VmRSS/VmHWM missing from status")
+	}
+	return m, nil
+}
+
+// rssSampler polls /proc/PID/status while a run is under way and keeps the
+// largest VmRSS seen; stop returns it with the VmHWM read at the end.
+type rssSampler struct {
+	pid    int
+	stopCh chan struct{}
+	wg     sync.WaitGroup
+	maxRSS int64
+}
+
+func startRSSSampler(pid int, every time.Duration) *rssSampler {
+	s := &rssSampler{pid: pid, stopCh: make(chan struct{})}
+	if pid <= 0 {
+		return s
+	}
+	s.sample()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stopCh:
+				return
+			case <-t.C:
+				s.sample()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) sample() {
+	if m, err := readMemStatus(s.pid); err == nil && m.VmRSS > s.maxRSS {
+		s.maxRSS = m.VmRSS
+	}
+}
+
+// stop ends sampling and returns the peak sampled VmRSS and the process's
+// VmHWM at this moment (both KiB; 0 when unknown, e.g. the process exited).
+func (s *rssSampler) stop() (maxRSS, hwm int64) {
+	if s.pid <= 0 {
+		return 0, 0
+	}
+	close(s.stopCh)
+	s.wg.Wait()
+	s.sample()
+	if m, err := readMemStatus(s.pid); err == nil {
+		hwm = m.VmHWM
+	}
+	return s.maxRSS, hwm
+}

@@ -1,0 +1,60 @@
+// Package blockdev is hablock's local volume: a fixed-size array of bytes
+// backed by a regular file or a raw block device, plus (later) the per-node
+// metadata that replication keeps beside it.
+//
+// Every implementation of Device is safe for concurrent use: reads and
+// writes are positional (pread/pwrite) and never share a file offset.
+package blockdev
+
+import (
+	"errors"
+	"io"
+)
+
+// Device is a fixed-size block volume.
+//
+// Offsets and lengths are in bytes. Callers (the SCSI layer) only issue
+// requests that lie inside [0, Size()); an implementation still checks and
+// returns ErrOutOfRange rather than touching bytes past the end.
+type Device interface {
+	io.ReaderAt
+	io.WriterAt
+
+	// Size is the volume's size in bytes. It never changes while open.
+	Size() int64
+
+	// Flush makes every write that completed before the call durable
+	// (fdatasync on a file or a raw device).
+	Flush() error
+
+	// Discard deallocates [off, off+n). Afterwards the range reads back
+	// as zeros. On a file it punches a hole; on a block device it issues
+	// BLKDISCARD where the device zeroes discarded blocks, and otherwise
+	// writes zeros.
+	Discard(off, n int64) error
+
+	// ReadOnly reports whether writes are refused with ErrReadOnly.
+	ReadOnly() bool
+
+	// Close releases the device. Calls after Close return ErrClosed.
+	Close() error
+}
+
+// Sentinel errors. Implementations wrap them with context (%w), so callers
+// test with errors.Is. The SCSI layer maps them to sense codes in one place.
+var (
+	// ErrOutOfRange: a request reaches past the end of the volume.
+	ErrOutOfRange = errors.New("blockdev: request beyond end of volume")
+	// ErrReadOnly: a write or discard on a volume opened read-only.
+	ErrReadOnly = errors.New("blockdev: volume is read-only")
+	// ErrNoSpace: the file system holding a sparse backing file is full.
+	ErrNoSpace = errors.New("blockdev: no space left on backing store")
+	// ErrIO: the backing store reported an I/O error (EIO and friends).
+	ErrIO = errors.New("blockdev: I/O error")
+	// ErrClosed: the device was used after Close.
+	ErrClosed = errors.New("blockdev: device closed")
+	// ErrSizeMismatch: an existing backing store does not have the size asked for.
+	ErrSizeMismatch = errors.New("blockdev: backing store size does not match")
+	// ErrNotFound: the backing path does not exist and creation was not asked for.
+	ErrNotFound = errors.New("blockdev: backing store not found")
+)
