@@ -4,6 +4,21 @@
 //
 // Every implementation of Device is safe for concurrent use: reads and
 // writes are positional (pread/pwrite) and never share a file offset.
+//
+// Implementations:
+//   - File (OpenFile): a sparse regular file or a raw block device, through
+//     the page cache or with O_DIRECT. Flush is fdatasync; Discard punches
+//     holes. It holds an flock so two processes never write one volume.
+//   - Memory: a plain in-memory volume for tests.
+//   - Crashable: an in-memory volume that remembers which writes were
+//     flushed; CrashClone returns what a reboot after power loss would find.
+//   - Faulty: wraps any Device and injects errors, torn writes and latency
+//     by operation and byte range.
+//
+// The durability contract: a write is durable once a Flush that started
+// after the write completed has returned nil. Until then a crash may keep
+// all, none or any sectors of it. A Flush that fails leaves the volume
+// untrustworthy (see File.Flush).
 package blockdev
 
 import (
@@ -28,9 +43,10 @@ type Device interface {
 	Flush() error
 
 	// Discard deallocates [off, off+n). Afterwards the range reads back
-	// as zeros. On a file it punches a hole; on a block device it issues
-	// BLKDISCARD where the device zeroes discarded blocks, and otherwise
-	// writes zeros.
+	// as zeros. On a file it punches a hole; on a block device it asks the
+	// kernel to unmap the range where the device then reads zeros
+	// (fallocate PUNCH_HOLE), and otherwise zeroes it (BLKZEROOUT, then
+	// zero writes). Like a write, it is durable only after Flush.
 	Discard(off, n int64) error
 
 	// ReadOnly reports whether writes are refused with ErrReadOnly.
