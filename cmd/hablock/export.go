@@ -175,7 +175,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 
 	dev, err := blockdev.OpenFile(f.backing, blockdev.FileOptions{
 		Size:     size,
-		Create:   size > 0,
+		Create:   size > 0 && !f.readOnly,
 		ReadOnly: f.readOnly,
 		Direct:   f.direct,
 	})

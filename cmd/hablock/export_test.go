@@ -125,7 +125,7 @@ func TestExportInitiators(t *testing.T) {
 		cmds = append(cmds, "-c", fmt.Sprintf("read -P 0x%x %d %d", w.pat, w.off, w.n))
 	}
 	cmds = append(cmds, "-c", "flush")
-	args := append([]string{"-f", "raw", "--image-opts", imageOpts(p.addr)}, cmds...)
+	args := append([]string{"--image-opts", imageOpts(p.addr)}, cmds...)
 	out = mustTool(t, 60*time.Second, "qemu-io", args...)
 	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed") {
 		t.Fatalf("qemu-io reported a failure:\n%s", out)

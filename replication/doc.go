@@ -1,0 +1,82 @@
+// Package replication holds the pure cores of hablock's synchronous
+// two-node replication, modelled on DRBD. Nothing here opens sockets,
+// starts goroutines, reads clocks or touches disks: every piece is a data
+// type or a function of its inputs, so the adapters that wire it to TCP
+// and to the metadata store stay thin and the rules can be tested
+// exhaustively.
+//
+// # Pieces
+//
+//   - wire.go, messages.go: the peer protocol. Every frame has a fixed
+//     32-byte header (magic "HBRP", framing version, message type, flags,
+//     sequence, payload length, payload CRC32C, header CRC32C) and a typed
+//     payload with strict Marshal/Unmarshal. Decode checks magic, header
+//     CRC, version, type and length against MaxPayload before looking at
+//     (or allocating for) the payload, then the payload CRC. Any error
+//     (ErrUnknownType included: unknown messages are never skipped)
+//     means the connection must be closed. ReadFrame is the one I/O
+//     helper: header, length check, then exactly the payload.
+//   - gi.go: generation identifiers (GenIDs) and their transitions, and
+//     Decide, the connect-time decision.
+//   - splitbrain.go: automatic split-brain recovery policies
+//     (after-sb-0pri, after-sb-1pri) and manual discard-my-data.
+//   - bitmap.go: the out-of-sync bitmap, one bit per block, with
+//     run-length chunked encoding for transfer and persistence.
+//   - state.go: Role, ConnState, DiskState and ReplState, each with a
+//     transition table and Become. A refused transition returns
+//     ErrInvalidTransition, or panics in builds tagged invariants or race.
+//
+// # Replication protocols and where a write is acknowledged
+//
+// The Primary sends each write to the Secondary as a Write message and
+// completes it to the initiator according to the configured protocol:
+//
+//   - Protocol A (asynchronous): once written locally and queued to the
+//     send buffer. A Primary crash can lose writes the peer never got.
+//   - Protocol B (memory-synchronous): once written locally and the peer
+//     has received it (WriteAck sent on receipt). Lost only if both nodes
+//     fail at once before the peer's disk has it.
+//   - Protocol C (synchronous, hablock's default): once written locally
+//     and the peer's WriteAck says it is written to its disk. No
+//     acknowledged write is lost while either node survives.
+//
+// Writes are grouped into epochs closed by Barrier; BarrierAck tells the
+// Primary that every write of the epoch is stable on the peer, so it can
+// forget them. A write flagged WriteFUA or following a Flush must be on
+// stable storage before its ack; WriteFlushBefore orders a cache flush
+// ahead of the write.
+//
+// # Generation identifiers and the connect-time decision
+//
+// Each node keeps GenIDs: Current (the generation of its data), Bitmap
+// (the generation its out-of-sync bitmap is relative to, zero when no
+// changes are tracked) and two History entries. A node that starts
+// writing without its peer — promoted while disconnected, or losing the
+// peer while Primary — makes a new Current and keeps the old one as
+// Bitmap (GenIDs.Promote, GenIDs.PeerLost). A resync moves the source's
+// Bitmap into History and makes the target adopt the source's Current
+// (StartResyncSource/Target, FinishResyncSource/Target), so after it both
+// nodes hold identical GIs.
+//
+// When two nodes connect, Decide compares the GIs (following the rules of
+// DRBD's drbd_uuid_compare, numbered the same way in Result.Rule):
+//
+//   - same Current: in sync (NoSync), unless one side crashed as Primary
+//     or missed the end of a resync (then a bitmap resync from it);
+//   - one side's Current equals the other's Bitmap: the other side
+//     wrote alone since; bitmap resync from it;
+//   - one side's Current is in the other's History: the other is newer
+//     by more than its bitmap covers; full sync from it;
+//   - both Bitmaps equal: both wrote since they last agreed — SplitBrain,
+//     bitmap-resolvable (ResolveSplitBrain may pick a side);
+//   - only History in common: SplitBrain that needs a full sync and an
+//     operator (Result.SplitBrainFull);
+//   - nothing in common: Unrelated, never resync.
+//
+// Disk states then adjust it: a node that is Inconsistent always becomes
+// the target of one that is not, and a chosen source must at least be
+// Outdated (else NoUpToDateSource). Not modelled here, for the caller:
+// DRBD's rr-conflict (refusing to make a Primary with good data a sync
+// target), after-sb-2pri (two Primaries always disconnect here), and
+// three or more nodes.
+package replication
