@@ -148,4 +148,12 @@ type LUConfig struct {
 	// false every write is followed by a flush before GOOD is returned.
 	// Default (zero value) false; the export command turns it on.
 	WriteCache bool
+
+	// PRState, when not nil, is the initial persistent reservation state
+	// (for example carried over by replication). It is copied.
+	PRState *PRState
+	// OnPRChange, when not nil, is called after every PERSISTENT RESERVE
+	// OUT that changed the state, with a copy of the new state. It runs on
+	// the command's goroutine before the response is returned.
+	OnPRChange func(lun uint64, s PRState)
 }
