@@ -18,9 +18,10 @@ import (
 // fuseLUN is the LUN exported as a plain file through qemu-storage-daemon's
 // FUSE export: the user-space stand-in for a kernel iSCSI initiator.
 type fuseLUN struct {
-	cmd  *exec.Cmd
-	path string
-	done chan error
+	cmd      *exec.Cmd
+	path     string
+	done     chan error
+	detached bool
 }
 
 func needRootFUSE(t *testing.T) {
@@ -71,6 +72,10 @@ func attachFUSE(t *testing.T, addr, path string, size int64) *fuseLUN {
 
 func (l *fuseLUN) detach(t *testing.T) {
 	t.Helper()
+	if l.detached {
+		return
+	}
+	l.detached = true
 	_ = l.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-l.done:
@@ -175,7 +180,5 @@ func TestExportExt4SurvivesTargetRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("e2fsck -fn on the backing file: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "files") && !strings.Contains(out, "clean") {
-		t.Logf("e2fsck output:\n%s", out)
-	}
+	t.Logf("e2fsck -fn: %s", strings.TrimSpace(out))
 }
