@@ -48,10 +48,10 @@ func (w workload) benchArgs() []string {
 func defaultWorkloads() []workload {
 	return []workload{
 		{Name: "w4k-qd1", Write: true, BlockSize: 4096, QueueDepth: 1, Count: 25000},
-		{Name: "w4k-qd16", Write: true, BlockSize: 4096, QueueDepth: 16, Count: 90000},
+		{Name: "w4k-qd16", Write: true, BlockSize: 4096, QueueDepth: 16, Count: 110000},
 		{Name: "r4k-qd1", Write: false, BlockSize: 4096, QueueDepth: 1, Count: 25000},
 		{Name: "r4k-qd16", Write: false, BlockSize: 4096, QueueDepth: 16, Count: 120000},
-		{Name: "w1m-qd4", Write: true, BlockSize: 1 << 20, QueueDepth: 4, Count: 3000},
+		{Name: "w1m-qd4", Write: true, BlockSize: 1 << 20, QueueDepth: 4, Count: 2500},
 	}
 }
 

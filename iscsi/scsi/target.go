@@ -18,6 +18,8 @@ type Target struct {
 	name string
 	log  *slog.Logger
 
+	workers *workers
+
 	mu     sync.Mutex
 	lus    map[uint64]*lu
 	closed bool
@@ -28,7 +30,7 @@ func NewTarget(name string, log *slog.Logger) *Target {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Target{name: name, log: log, lus: map[uint64]*lu{}}
+	return &Target{name: name, log: log, lus: map[uint64]*lu{}, workers: newWorkers()}
 }
 
 // ErrLUNExists is returned by AddLUN for a LUN already present.
@@ -281,7 +283,7 @@ func (t *Target) Submit(cmd *Command, done func(*Response)) {
 	}
 	l.mu.Unlock()
 	if run {
-		go l.run(tk)
+		l.t.workers.dispatch(job{l, tk})
 	}
 }
 
@@ -313,7 +315,7 @@ func (l *lu) finish(tk *task, resp *Response) {
 	ready := l.release(tk)
 	l.mu.Unlock()
 	for _, w := range ready {
-		go l.run(w)
+		l.t.workers.dispatch(job{l, w})
 	}
 	tk.done(resp)
 	close(tk.fin)
@@ -365,7 +367,7 @@ func (l *lu) abortTasks(match func(*task) bool) (int, map[Nexus]bool) {
 	}
 	l.mu.Unlock()
 	for _, w := range ready {
-		go l.run(w)
+		l.t.workers.dispatch(job{l, w})
 	}
 	for _, tk := range dropped {
 		tk.done(&Response{Aborted: true})
