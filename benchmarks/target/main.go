@@ -7,6 +7,8 @@
 package main
 
 import (
+	"github.com/hablock/hablock/internal/units"
+
 	"context"
 	"crypto/rand"
 	"errors"
@@ -245,7 +247,7 @@ func newBench(o options, args []string, log io.Writer) (*bench, error) {
 		return nil, fmt.Errorf("--scale must be positive")
 	}
 	var err error
-	if b.size, err = parseSize(o.size); err != nil {
+	if b.size, err = units.ParseSize(o.size); err != nil {
 		return nil, err
 	}
 	if b.size%(1<<20) != 0 {

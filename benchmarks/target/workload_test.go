@@ -159,19 +159,6 @@ func TestWorkloadFinish(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"1G": 1 << 30, "256MiB": 256 << 20, "4096": 4096, "1.5g": 3 << 29, "64k": 64 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "x", "-1G", "0"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) accepted", in)
-		}
-	}
-}
-
 func TestParseMemStatus(t *testing.T) {
 	status := "Name:\thablock\nVmPeak:\t 1300000 kB\nVmHWM:\t   20480 kB\nVmRSS:\t   18000 kB\nThreads:\t7\n"
 	m, err := parseMemStatus(bufio.NewScanner(strings.NewReader(status)))

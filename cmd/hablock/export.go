@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hablock/hablock/blockdev"
+	"github.com/hablock/hablock/internal/units"
 	"github.com/hablock/hablock/iscsi"
 	"github.com/hablock/hablock/iscsi/scsi"
 )
@@ -126,7 +127,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 	}
 	var size int64
 	if f.size != "" {
-		if size, err = parseSize(f.size); err != nil {
+		if size, err = units.ParseSize(f.size); err != nil {
 			return usageErrorf("--size: %v", err)
 		}
 		if size == 0 {
@@ -211,7 +212,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	log.Info("exporting volume",
-		"backing", f.backing, "size", formatSize(dev.Size()), "block_size", f.blockSize,
+		"backing", f.backing, "size", units.FormatSize(dev.Size()), "block_size", f.blockSize,
 		"iqn", f.iqn, "lun", f.lun, "listen", ln.Addr().String(),
 		"read_only", f.readOnly, "write_cache", f.writeCache, "direct", f.direct,
 		"uuid", hex.EncodeToString(uuid[:]))

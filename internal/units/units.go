@@ -1,4 +1,6 @@
-package main
+// Package units parses and formats byte sizes the way hablock's command
+// line and benchmarks accept them.
+package units
 
 import (
 	"fmt"
@@ -7,10 +9,10 @@ import (
 	"strings"
 )
 
-// parseSize parses a byte count such as "4096", "512M", "4G", "4GiB" or
+// ParseSize parses a byte count such as "4096", "512M", "4G", "4GiB" or
 // "1.5T". Suffixes are binary (K = 1024) whether or not they carry "iB";
 // "B" alone means bytes. This is the convention of dd, truncate and DRBD.
-func parseSize(s string) (int64, error) {
+func ParseSize(s string) (int64, error) {
 	orig := s
 	s = strings.TrimSpace(s)
 	if s == "" {
@@ -41,8 +43,8 @@ func parseSize(s string) (int64, error) {
 	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
 		return 0, fmt.Errorf("invalid size %q: want a number with an optional K, M, G, T suffix (e.g. 4G)", orig)
 	}
-	if v < 0 {
-		return 0, fmt.Errorf("invalid size %q: negative", orig)
+	if v <= 0 {
+		return 0, fmt.Errorf("invalid size %q: must be greater than zero", orig)
 	}
 	b := v * mult
 	if b > math.MaxInt64/2 {
@@ -54,8 +56,8 @@ func parseSize(s string) (int64, error) {
 	return int64(b), nil
 }
 
-// formatSize renders n bytes with the largest binary unit that divides it.
-func formatSize(n int64) string {
+// FormatSize renders n bytes with the largest binary unit that divides it.
+func FormatSize(n int64) string {
 	units := []struct {
 		suffix string
 		size   int64
