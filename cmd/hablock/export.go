@@ -130,9 +130,6 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		if size, err = units.ParseSize(f.size); err != nil {
 			return usageErrorf("--size: %v", err)
 		}
-		if size == 0 {
-			return usageErrorf("--size: must be greater than zero")
-		}
 	}
 	if f.blockSize != 512 && f.blockSize != 4096 {
 		return usageErrorf("--block-size: %d is not supported; use 512 or 4096", f.blockSize)
