@@ -140,8 +140,10 @@ func (c *conn) setInfo(f func(*ConnInfo)) {
 func (c *conn) close(reason string) {
 	c.closeOnce.Do(func() {
 		c.log.Debug("iscsi: closing connection", "reason", reason)
-		c.nc.Close()
+		// Mark closed first, so a reader that fails on the closed socket
+		// knows the close was ours and does not log it as an error.
 		close(c.closed)
+		c.nc.Close()
 	})
 }
 
