@@ -1,11 +1,30 @@
-// Package replication holds the pure cores of hablock's synchronous
-// two-node replication, modelled on DRBD. Nothing here opens sockets,
-// starts goroutines, reads clocks or touches disks: every piece is a data
-// type or a function of its inputs, so the adapters that wire it to TCP
-// and to the metadata store stay thin and the rules can be tested
-// exhaustively.
+// Package replication is hablock's synchronous two-node replication,
+// modelled on DRBD: pure cores (wire, messages, GIs, bitmap, states,
+// split-brain policies) that open no sockets, start no goroutines, read
+// no clocks and touch no disks, so their rules can be tested
+// exhaustively; and the engine built on them (volume.go, link.go,
+// receiver.go, resync.go), which runs one volume over one TCP
+// connection.
 //
-// # Pieces
+// # Engine
+//
+//   - Volume (volume.go) wraps the local blockdev.Device. On the Primary
+//     it is itself a Device: writes go to the local disk and the peer in
+//     parallel and complete per Config.Protocol; losing the peer marks
+//     the bitmap instead of failing I/O; a local I/O error detaches the
+//     local disk and I/O continues through the peer. Status() is the
+//     observable state. Persistence is the caller's, through Hooks.
+//   - link.go: Attach runs one connection (handshake, Decide, bitmap
+//     exchange, SyncUUID, then reader/writer/pinger goroutines); Run
+//     reconnects with exponential backoff.
+//   - receiver.go: the peer side applies requests, overlapping ones in
+//     the order they were sent, the rest concurrently.
+//   - resync.go: bitmap-driven resync from the sync source (optionally
+//     checksum-first, Config.ResyncChecksums) with a rate controller and
+//     pause, and online verify with optional repair.
+//   - config.go: Config, every field with unit, default and reason.
+//
+// # Pieces of the core
 //
 //   - wire.go, messages.go: the peer protocol. Every frame has a fixed
 //     32-byte header (magic "HBRP", framing version, message type, flags,

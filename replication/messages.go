@@ -19,6 +19,9 @@ const (
 	// MinBlockSize and MaxBlockSize bound Handshake.BlockSize.
 	MinBlockSize = 512
 	MaxBlockSize = 1 << 20
+	// MaxDiscard bounds Discard.Length: 1 GiB, so one request's local
+	// discard on the peer stays well inside the write Timeout.
+	MaxDiscard = 1 << 30
 )
 
 // Status is the outcome of a request carried in an ack or reply.
@@ -470,10 +473,12 @@ func (a ChecksumAlgo) String() string {
 	return enumName(nil, uint8(a), "ChecksumAlgo")
 }
 
-// ChecksumRequest starts checksum-based resync of one range: the sync
-// target sends the digest of its own data; the source replies with
-// ChecksumReply carrying its digest, and sends ResyncData only if they
-// differ. Sum may be empty in a request that only asks for the peer's sum.
+// ChecksumRequest starts checksum-based resync of one range: one side
+// sends the digest of its own data and the other replies with
+// ChecksumReply carrying its digest; the data travels (ResyncData) only
+// if they differ. Sum may be empty in a request that only asks for the
+// peer's sum. The engine's resync is driven by the sync source, so the
+// source sends the request (see Config.ResyncChecksums).
 type ChecksumRequest struct {
 	ID     uint64
 	Offset uint64
@@ -761,5 +766,38 @@ func (m *Disconnect) Unmarshal(p []byte) error {
 	m.Code = DisconnectCode(d.u16())
 	n := d.u8()
 	m.Reason = string(d.take(int(n)))
+	return d.end()
+}
+
+// Discard replicates a discard of Length bytes at Offset: afterwards the
+// range reads back as zeros on the peer. It shares the write ID space
+// and is acknowledged with WriteAck like a Write.
+type Discard struct {
+	ID     uint64
+	Offset uint64
+	Length uint32 // 1..MaxDiscard
+}
+
+func (*Discard) Type() MsgType { return MsgDiscard }
+
+func (m *Discard) Marshal(dst []byte) ([]byte, error) {
+	if m.Length == 0 || m.Length > MaxDiscard {
+		return dst, malformed("discard length %d not in 1..%d", m.Length, MaxDiscard)
+	}
+	e := enc{dst}
+	e.u64(m.ID)
+	e.u64(m.Offset)
+	e.u32(m.Length)
+	return e.b, nil
+}
+
+func (m *Discard) Unmarshal(p []byte) error {
+	d := dec{p: p}
+	m.ID = d.u64()
+	m.Offset = d.u64()
+	m.Length = d.u32()
+	if m.Length == 0 || m.Length > MaxDiscard {
+		d.fail("discard length %d not in 1..%d", m.Length, MaxDiscard)
+	}
 	return d.end()
 }

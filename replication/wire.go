@@ -85,12 +85,13 @@ const (
 	MsgStateChange                        // role/disk/replication state or GIs changed
 	MsgSyncUUID                           // sync source's new bitmap UUID, sent at resync start
 	MsgDisconnect                         // orderly close with a reason
+	MsgDiscard                            // replicate a discard (primary -> secondary), acked like Write
 	numMsgTypes
 )
 
 var msgNames = [...]string{"MsgType(0)", "Handshake", "Write", "WriteAck", "Barrier", "BarrierAck", "Flush", "FlushAck",
 	"Ping", "PingAck", "ResyncRequest", "ResyncData", "ChecksumRequest", "ChecksumReply",
-	"VerifyRequest", "VerifyReply", "BitmapChunk", "StateChange", "SyncUUID", "Disconnect"}
+	"VerifyRequest", "VerifyReply", "BitmapChunk", "StateChange", "SyncUUID", "Disconnect", "Discard"}
 
 func (t MsgType) String() string {
 	if int(t) < len(msgNames) {
@@ -290,6 +291,8 @@ func NewMessage(t MsgType) (Message, error) {
 		return new(SyncUUID), nil
 	case MsgDisconnect:
 		return new(Disconnect), nil
+	case MsgDiscard:
+		return new(Discard), nil
 	}
 	return nil, fmt.Errorf("%w: %d", ErrUnknownType, uint16(t))
 }

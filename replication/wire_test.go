@@ -46,6 +46,7 @@ func sampleMessages() []Message {
 		&StateChange{Role: RoleSecondary, Disk: Inconsistent, Repl: SyncTarget, GI: GenIDs{Current: 10, History: [2]uint64{8, 6}}},
 		&SyncUUID{UUID: 0x0001_0000_0000_0042},
 		&Disconnect{Code: DisconnectSplitBrain, Reason: "split brain detected"},
+		&Discard{ID: 7, Offset: 4096, Length: 1 << 20},
 	}
 }
 

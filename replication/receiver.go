@@ -1,0 +1,275 @@
+package replication
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"hash/crc32"
+	"sync"
+)
+
+// receiver applies what the peer sends: writes, resync data, flushes,
+// barriers, and the reads behind verify and remote-read requests.
+//
+// Ordering rule: requests are submitted in arrival order (the reader
+// goroutine is the only submitter). Each one first waits for every
+// earlier request still active whose block range overlaps its own, then
+// runs. So overlapping requests take effect in the order the peer sent
+// them, which is the order they took effect on the peer (see
+// rangeLocks), while non-overlapping ones run concurrently. Flush and
+// Barrier wait for every earlier request; later requests do not wait for
+// them. At most cap(sem) requests are active; the reader blocks (and so
+// pushes back on the peer through TCP) beyond that.
+type receiver struct {
+	l      *link
+	sem    chan struct{}
+	mu     sync.Mutex
+	active []*rentry
+}
+
+type rentry struct {
+	off, end uint64
+	all      bool // flush/barrier: depends on every earlier entry
+	done     chan struct{}
+}
+
+func (r *receiver) submit(off, end uint64, all bool, work func()) {
+	l := r.l
+	select {
+	case r.sem <- struct{}{}:
+	case <-l.dead:
+		return
+	}
+	e := &rentry{off: off, end: end, all: all, done: make(chan struct{})}
+	r.mu.Lock()
+	var deps []chan struct{}
+	for _, a := range r.active {
+		if all || (!a.all && a.off < end && off < a.end) {
+			deps = append(deps, a.done)
+		}
+	}
+	r.active = append(r.active, e)
+	r.mu.Unlock()
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		for _, d := range deps {
+			<-d
+		}
+		work()
+		r.mu.Lock()
+		for i, a := range r.active {
+			if a == e {
+				r.active = append(r.active[:i], r.active[i+1:]...)
+				break
+			}
+		}
+		r.mu.Unlock()
+		close(e.done)
+		<-r.sem
+	}()
+}
+
+// localIO runs fn on the local disk under the range lock, or reports
+// StatusIOError if the disk is detached or fn fails.
+func (r *receiver) localIO(off, n uint64, fn func() error) Status {
+	v := r.l.v
+	if !v.localOK() {
+		return StatusIOError
+	}
+	if off > v.size || n > v.size-off {
+		return StatusOutOfRange
+	}
+	lo, hi := v.blockRange(off, n)
+	h := v.locks.lock(lo, hi)
+	err := fn()
+	v.locks.unlock(h)
+	if err != nil {
+		v.localFailed(err)
+		return StatusIOError
+	}
+	return StatusOK
+}
+
+func (r *receiver) submitWrite(m *Write) {
+	l, v := r.l, r.l.v
+	lo, hi := v.blockRange(m.Offset, uint64(len(m.Data)))
+	r.submit(lo, hi, false, func() {
+		st := r.localIO(m.Offset, uint64(len(m.Data)), func() error {
+			if m.Flags&WriteFlushBefore != 0 {
+				if err := v.dev.Flush(); err != nil {
+					return err
+				}
+			}
+			if _, err := v.dev.WriteAt(m.Data, int64(m.Offset)); err != nil {
+				return err
+			}
+			if m.Flags&WriteFUA != 0 {
+				return v.dev.Flush()
+			}
+			return nil
+		})
+		v.writes.Add(1)
+		v.bytesWritten.Add(uint64(len(m.Data)))
+		if st != StatusOK {
+			// Our copy of the range is now stale: remember it.
+			v.markDirty(m.Offset, uint64(len(m.Data)))
+		}
+		// Protocol C acks every write once written; A and B ack here
+		// only failures (B acked receipt already, and BarrierAck says
+		// the epoch is on disk).
+		if l.proto == ProtocolC || st != StatusOK {
+			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+		}
+	})
+}
+
+func (r *receiver) submitDiscard(m *Discard) {
+	l, v := r.l, r.l.v
+	n := uint64(m.Length)
+	lo, hi := v.blockRange(m.Offset, n)
+	if m.Offset > v.size || n > v.size-m.Offset {
+		lo, hi = 0, 0
+	}
+	r.submit(lo, hi, false, func() {
+		st := r.localIO(m.Offset, n, func() error { return v.dev.Discard(int64(m.Offset), int64(n)) })
+		if st == StatusIOError {
+			v.markDirty(m.Offset, n)
+		}
+		if l.proto == ProtocolC || st != StatusOK {
+			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+		}
+	})
+}
+
+func (r *receiver) submitResync(m *ResyncData) {
+	l, v := r.l, r.l.v
+	n := uint64(len(m.Data))
+	lo, hi := v.blockRange(m.Offset, n)
+	r.submit(lo, hi, false, func() {
+		st := m.Status
+		if st == StatusOK {
+			st = r.localIO(m.Offset, n, func() error {
+				_, err := v.dev.WriteAt(m.Data, int64(m.Offset))
+				return err
+			})
+		}
+		if st == StatusOK {
+			v.mu.Lock()
+			v.clearLocked(m.Offset, n)
+			v.resyncDone += n
+			v.mu.Unlock()
+			v.resyncBytes.Add(n)
+		}
+		l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+	})
+}
+
+func (r *receiver) submitFlush(id uint64) {
+	l, v := r.l, r.l.v
+	r.submit(0, v.size, true, func() {
+		st := StatusOK
+		if !v.localOK() {
+			st = StatusIOError
+		} else if err := v.dev.Flush(); err != nil {
+			v.localFailed(err)
+			st = StatusIOError
+		}
+		l.send(&FlushAck{ID: id, Status: st})
+	})
+}
+
+func (r *receiver) submitBarrier(nr uint64) {
+	l, v := r.l, r.l.v
+	r.submit(0, v.size, true, func() {
+		if v.localOK() {
+			if err := v.dev.Flush(); err != nil {
+				v.localFailed(err)
+			}
+		}
+		// A failed write of the epoch was already marked out of sync
+		// here; the ack only tells the primary to forget the epoch.
+		l.send(&BarrierAck{Nr: nr})
+	})
+}
+
+func (r *receiver) submitRead(m *ResyncRequest) {
+	l, v := r.l, r.l.v
+	n := uint64(m.Length)
+	lo, hi := v.blockRange(m.Offset, n)
+	if m.Offset > v.size || n > v.size-m.Offset {
+		lo, hi = 0, 0
+	}
+	r.submit(lo, hi, false, func() {
+		buf := make([]byte, n)
+		st := r.localIO(m.Offset, n, func() error {
+			_, err := v.dev.ReadAt(buf, int64(m.Offset))
+			return err
+		})
+		rd := &ResyncData{ID: m.ID, Offset: m.Offset, Status: st}
+		if st == StatusOK {
+			rd.Data = buf
+		}
+		l.send(rd)
+	})
+}
+
+func (r *receiver) submitVerify(m *VerifyRequest) {
+	l, v := r.l, r.l.v
+	n := uint64(m.Length)
+	lo, hi := v.blockRange(m.Offset, n)
+	if m.Offset > v.size || n > v.size-m.Offset {
+		lo, hi = 0, 0
+	}
+	r.submit(lo, hi, false, func() {
+		buf := make([]byte, n)
+		st := r.localIO(m.Offset, n, func() error {
+			_, err := v.dev.ReadAt(buf, int64(m.Offset))
+			return err
+		})
+		rep := &VerifyReply{ChecksumReply{ID: m.ID, Offset: m.Offset, Length: m.Length, Algo: m.Algo, Status: st}}
+		if st == StatusOK {
+			rep.Sum = digest(m.Algo, buf)
+		}
+		l.send(rep)
+	})
+}
+
+// submitChecksum answers a sync source's checksum with our digest of the
+// same range, and clears our bits if they match.
+func (r *receiver) submitChecksum(m *ChecksumRequest) {
+	l, v := r.l, r.l.v
+	n := uint64(m.Length)
+	lo, hi := v.blockRange(m.Offset, n)
+	if m.Offset > v.size || n > v.size-m.Offset {
+		lo, hi = 0, 0
+	}
+	r.submit(lo, hi, false, func() {
+		buf := make([]byte, n)
+		st := r.localIO(m.Offset, n, func() error {
+			_, err := v.dev.ReadAt(buf, int64(m.Offset))
+			return err
+		})
+		rep := &ChecksumReply{ID: m.ID, Offset: m.Offset, Length: m.Length, Algo: m.Algo, Status: st}
+		if st == StatusOK {
+			rep.Sum = digest(m.Algo, buf)
+			if bytes.Equal(rep.Sum, m.Sum) {
+				v.mu.Lock()
+				v.clearLocked(m.Offset, n)
+				v.resyncDone += n
+				v.mu.Unlock()
+			}
+		}
+		l.send(rep)
+	})
+}
+
+func digest(a ChecksumAlgo, b []byte) []byte {
+	switch a {
+	case ChecksumCRC32C:
+		return binary.BigEndian.AppendUint32(nil, crc32.Checksum(b, castagnoli))
+	default:
+		s := sha256.Sum256(b)
+		return s[:]
+	}
+}

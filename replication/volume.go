@@ -1,0 +1,714 @@
+package replication
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hablock/hablock/blockdev"
+)
+
+// Errors of the replication engine, wrapped with context (%w).
+var (
+	// ErrSplitBrain: both nodes wrote independently and the policy did
+	// not resolve it; the connection is given up (StandAlone).
+	ErrSplitBrain = errors.New("replication: split brain")
+	// ErrUnrelated: the nodes' generations share no history.
+	ErrUnrelated = errors.New("replication: unrelated data")
+	// ErrVolumeMismatch: the peer serves another volume (UUIDs differ).
+	ErrVolumeMismatch = errors.New("replication: volume UUID mismatch")
+	// ErrIncompatible: protocol versions, replication protocol, size or
+	// block size differ, or both nodes are Primary.
+	ErrIncompatible = errors.New("replication: incompatible peer")
+	// ErrNoUpToDateSource: a resync is needed but its source has no
+	// consistent data.
+	ErrNoUpToDateSource = errors.New("replication: no up-to-date sync source")
+	// ErrRRConflict: the decision would make our Primary a sync target
+	// (DRBD's rr-conflict=disconnect): its data would be overwritten
+	// under the initiator. Demote it first.
+	ErrRRConflict = errors.New("replication: primary would become sync target")
+	// ErrPeerGone: the link to the peer died (timeout, close, error).
+	ErrPeerGone = errors.New("replication: peer gone")
+	// ErrProtocol: the peer violated the protocol (garbage, bad CRC,
+	// unknown or unexpected message); the link was closed.
+	ErrProtocol = errors.New("replication: protocol violation")
+	// ErrNotPrimary: I/O on a node that is not Primary.
+	ErrNotPrimary = errors.New("replication: not primary")
+	// ErrNoGoodDisk: neither the local disk nor the peer could serve
+	// the request.
+	ErrNoGoodDisk = errors.New("replication: no usable disk")
+	// ErrBusy: a link is already established, or a verify is running.
+	ErrBusy = errors.New("replication: busy")
+	// ErrClosed: the volume was closed.
+	ErrClosed = errors.New("replication: volume closed")
+	// ErrNotConnected: the operation needs a connected peer.
+	ErrNotConnected = errors.New("replication: not connected")
+)
+
+// ProtoVersion is the replication protocol version this code speaks
+// (Handshake.MinProto..MaxProto).
+const ProtoVersion = 1
+
+// Handshake.Features carries the replication protocol in its low two
+// bits; both nodes must agree.
+const featureProtoMask = 3
+
+// State is a volume's persistent identity and replication state, as
+// loaded from the metadata store at attach time.
+type State struct {
+	VolumeUUID blockdev.UUID
+	// NodeName identifies this node to the peer (1..MaxNodeName bytes,
+	// different from the peer's).
+	NodeName string
+	// Role at start: RolePrimary serves I/O, RoleSecondary applies the
+	// peer's writes.
+	Role Role
+	// Disk is the local data's state: UpToDate, Consistent, Outdated or
+	// Inconsistent.
+	Disk DiskState
+	GI   GenIDs
+	// Bitmap is the persisted out-of-sync bitmap (nil: all clean). Its
+	// geometry must match the device and Config.BlockSize. The volume
+	// owns it afterwards.
+	Bitmap         *Bitmap
+	CrashedPrimary bool
+	DiscardMyData  bool
+}
+
+// Hooks let the caller persist what must survive a crash. They run
+// synchronously, under the volume's state lock: keep them short and do
+// not call back into the Volume.
+type Hooks struct {
+	// OnGenIDs is called with the new GIs whenever they change, before
+	// anything is done in the new generation.
+	OnGenIDs func(GenIDs)
+	// OnBitmapDirty is called when bytes [off, off+n) (whole blocks)
+	// become out of sync, before the write that caused it completes.
+	OnBitmapDirty func(off, n uint64)
+	// OnBitmapClean is called when blocks of [off, off+n) become in sync
+	// (resync progress). It may be persisted lazily: a persisted bit that
+	// is set but should not be costs only a redundant resync, but without
+	// it a crashed sync target restarts its resync from the beginning.
+	OnBitmapClean func(off, n uint64)
+}
+
+// Volume is one node's replicated volume. On the Primary it implements
+// blockdev.Device over the local device, replicating every write; on
+// the Secondary it applies the peer's writes and refuses local I/O.
+//
+// Goroutines: Run (called by the owner) owns the connection loop; each
+// connection runs a reader, a writer, a pinger and a resyncer goroutine
+// owned by Attach, which waits for all of them before returning. The
+// secondary's receiver starts one applier goroutine per received
+// request, at most MaxInflightWrites at once.
+type Volume struct {
+	cfg   Config
+	log   *slog.Logger
+	dev   blockdev.Device
+	size  uint64
+	uuid  blockdev.UUID
+	name  string
+	hooks Hooks
+	flags HandshakeFlags
+
+	// gate orders the connect-time exchange against the write path:
+	// writes hold it shared from choosing the link to the end of the
+	// local write; Attach holds it exclusively from the handshake to
+	// the link's activation, so GIs and bitmap do not move under the
+	// handshake and no write falls between "degraded" and "replicated".
+	gate sync.RWMutex
+
+	locks    rangeLocks
+	inflight *inflights
+
+	mu sync.Mutex // guards the fields below
+	// INVARIANT: link != nil only while conn == Connected.
+	link     *link
+	role     Role
+	peerRole Role
+	disk     DiskState
+	peerDisk DiskState
+	conn     ConnState
+	repl     ReplState
+	gi       GenIDs
+	peerGI   GenIDs
+	peerName string
+	bm       *Bitmap
+	paused   bool
+	pauseCh  chan struct{} // closed and replaced on resume
+	closed   bool
+	lastErr  string
+
+	resyncTotal, resyncDone uint64
+	resyncStart, resyncEnd  time.Time
+	verifyTotal, verifyDone uint64
+	verifying               bool
+
+	stop     chan struct{} // closed by Close
+	stopOnce sync.Once
+
+	writes, bytesWritten, bytesSent, resyncBytes, localErrors atomic.Uint64
+}
+
+var _ blockdev.Device = (*Volume)(nil)
+
+// NewVolume wraps dev. It does not connect: call Run or Attach.
+func NewVolume(dev blockdev.Device, st State, cfg Config, log *slog.Logger) (*Volume, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if st.NodeName == "" || len(st.NodeName) > MaxNodeName {
+		return nil, fmt.Errorf("%w: NodeName %q", ErrInvalidConfig, st.NodeName)
+	}
+	if st.Role != RolePrimary && st.Role != RoleSecondary {
+		return nil, fmt.Errorf("%w: Role %v", ErrInvalidConfig, st.Role)
+	}
+	size := uint64(dev.Size())
+	bs := cfg.blockSize()
+	if size == 0 || size%uint64(bs) != 0 {
+		return nil, fmt.Errorf("%w: device size %d not a multiple of BlockSize %d", ErrInvalidConfig, size, bs)
+	}
+	bm := st.Bitmap
+	if bm == nil {
+		var err error
+		if bm, err = NewBitmap(size, bs); err != nil {
+			return nil, err
+		}
+	} else if bm.VolumeSize() != size || bm.BlockSize() != bs {
+		return nil, fmt.Errorf("%w: bitmap %d/%d for device %d/%d", ErrGeometry, bm.VolumeSize(), bm.BlockSize(), size, bs)
+	}
+	v := &Volume{
+		cfg: cfg, dev: dev, size: size, uuid: st.VolumeUUID, name: st.NodeName,
+		log:      log.With("node", st.NodeName),
+		inflight: newInflights(cfg.MaxInflightWrites, cfg.MaxInflightBytes),
+		role:     st.Role, disk: Attaching, peerDisk: DUnknown, conn: StandAlone, repl: ReplOff,
+		gi: st.GI, bm: bm, pauseCh: make(chan struct{}), stop: make(chan struct{}),
+	}
+	if st.CrashedPrimary {
+		v.flags |= FlagCrashedPrimary
+	}
+	if st.DiscardMyData {
+		v.flags |= FlagDiscardMyData
+	}
+	if err := v.disk.Become(st.Disk); err != nil {
+		return nil, fmt.Errorf("%w: Disk: %w", ErrInvalidConfig, err)
+	}
+	return v, nil
+}
+
+// SetHooks installs persistence hooks; call before Run or any I/O.
+func (v *Volume) SetHooks(h Hooks) {
+	v.mu.Lock()
+	v.hooks = h
+	v.mu.Unlock()
+}
+
+func freshUUID() uint64 {
+	var b [8]byte
+	rand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:]) &^ uuidPrimaryBit
+}
+
+// ---- state changes (v.mu held) ----
+
+func (v *Volume) setGILocked(g GenIDs, why string) {
+	if g == v.gi {
+		return
+	}
+	v.log.Info("generation change", "gen", g.String(), "old", v.gi.String(), "reason", why)
+	v.gi = g
+	if v.hooks.OnGenIDs != nil {
+		v.hooks.OnGenIDs(g)
+	}
+}
+
+func (v *Volume) setDiskLocked(to DiskState, why string) {
+	if v.disk == to {
+		return
+	}
+	from := v.disk
+	if err := v.disk.Become(to); err != nil {
+		v.log.Error("disk state change refused", "err", err)
+		return
+	}
+	v.log.Info("disk state", "state", to.String(), "from", from.String(), "reason", why)
+}
+
+func (v *Volume) setPeerDiskLocked(to DiskState) {
+	if v.peerDisk == to {
+		return
+	}
+	if err := v.peerDisk.Become(to); err != nil {
+		v.log.Error("peer disk state change refused", "err", err)
+	}
+}
+
+func (v *Volume) setConnLocked(to ConnState, why string) {
+	if v.conn == to {
+		return
+	}
+	from := v.conn
+	if err := v.conn.Become(to); err != nil {
+		v.log.Error("connection state change refused", "err", err)
+		return
+	}
+	v.log.Info("connection state", "state", to.String(), "from", from.String(), "reason", why)
+}
+
+func (v *Volume) setReplLocked(to ReplState, why string) {
+	if v.repl == to {
+		return
+	}
+	from := v.repl
+	if err := v.repl.Become(to); err != nil {
+		v.log.Error("replication state change refused", "err", err)
+		return
+	}
+	v.log.Info("replication state", "state", to.String(), "from", from.String(), "reason", why)
+}
+
+// markDirty marks [off, off+n) out of sync. Writing without a peer as
+// Primary starts a new generation first (GenIDs.PeerLost).
+func (v *Volume) markDirty(off, n uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.markDirtyLocked(off, n)
+}
+
+func (v *Volume) markDirtyLocked(off, n uint64) {
+	// Not after Stop: a node shutting down writes nothing more in this
+	// generation, and a new one would look like a split brain to a peer
+	// promoted in the meantime.
+	if v.link == nil && !v.closed && v.role == RolePrimary && v.gi.Bitmap == 0 && v.disk >= UpToDate {
+		g := v.gi
+		g.PeerLost(true, freshUUID())
+		v.setGILocked(g, "writing without peer")
+	}
+	if added, _ := v.bm.Set(off, n); added > 0 && v.hooks.OnBitmapDirty != nil {
+		bs := uint64(v.bm.BlockSize())
+		start := off / bs * bs
+		end := min((off+n+bs-1)/bs*bs, v.size)
+		v.hooks.OnBitmapDirty(start, end-start)
+	}
+}
+
+// reportDirtyLocked reports every dirty run to OnBitmapDirty, after a
+// bulk change (full sync, bitmap exchange).
+func (v *Volume) reportDirtyLocked() {
+	if v.hooks.OnBitmapDirty == nil {
+		return
+	}
+	for pos := uint64(0); ; {
+		off, n, ok := v.bm.NextDirtyRange(pos, ^uint64(0))
+		if !ok {
+			return
+		}
+		v.hooks.OnBitmapDirty(off, n)
+		pos = off + n
+	}
+}
+
+func (v *Volume) isPrimary() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.role == RolePrimary
+}
+
+// Promote makes this node Primary. The local disk must be UpToDate, the
+// peer must not be Primary, and no resync may target this node. A node
+// promoted without its peer starts a new generation (GenIDs.Promote).
+func (v *Volume) Promote() error {
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	v.mu.Lock()
+	switch {
+	case v.role == RolePrimary:
+		v.mu.Unlock()
+		return nil
+	case v.disk != UpToDate:
+		v.mu.Unlock()
+		return fmt.Errorf("replication: promote with disk %v: %w", v.disk, ErrNoGoodDisk)
+	case v.peerRole == RolePrimary:
+		v.mu.Unlock()
+		return fmt.Errorf("replication: promote while peer %s is primary: %w", v.peerName, ErrBusy)
+	}
+	g := v.gi
+	g.Promote(v.link != nil, freshUUID())
+	v.setGILocked(g, "promote")
+	v.role = RolePrimary
+	v.log.Info("role", "role", RolePrimary.String())
+	l := v.link
+	sc := &StateChange{Role: v.role, Disk: v.disk, Repl: v.repl, GI: v.gi}
+	v.mu.Unlock()
+	if l != nil {
+		l.send(sc)
+	}
+	return nil
+}
+
+// Demote makes this node Secondary. New I/O fails with ErrNotPrimary;
+// writes already started complete. Flush first to make them durable.
+func (v *Volume) Demote() error {
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	v.mu.Lock()
+	if v.role != RolePrimary {
+		v.mu.Unlock()
+		return nil
+	}
+	g := v.gi
+	g.Demote()
+	v.setGILocked(g, "demote")
+	v.role = RoleSecondary
+	v.log.Info("role", "role", RoleSecondary.String())
+	l := v.link
+	sc := &StateChange{Role: v.role, Disk: v.disk, Repl: v.repl, GI: v.gi}
+	v.mu.Unlock()
+	if l != nil {
+		l.send(sc)
+	}
+	return nil
+}
+
+// clearLocked marks [off, off+n) in sync and reports it.
+func (v *Volume) clearLocked(off, n uint64) {
+	if cleared, _ := v.bm.Clear(off, n); cleared > 0 && v.hooks.OnBitmapClean != nil {
+		v.hooks.OnBitmapClean(off, n)
+	}
+}
+
+func (v *Volume) startResyncStatsLocked() {
+	v.resyncTotal, v.resyncDone = v.bm.DirtyBytes(), 0
+	v.resyncStart, v.resyncEnd = time.Now(), time.Time{}
+}
+
+// ForceUpToDate declares the local data the good copy (DRBD's primary
+// --force), while not connected: the disk becomes UpToDate in a new
+// generation and every block is marked out of sync, so the peer gets all
+// of it on the next connect.
+func (v *Volume) ForceUpToDate() error {
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.link != nil || v.conn == Connecting:
+		return fmt.Errorf("replication: force UpToDate while connected: %w", ErrBusy)
+	case v.disk <= Failed:
+		return fmt.Errorf("replication: force UpToDate with disk %v: %w", v.disk, ErrNoGoodDisk)
+	}
+	g := v.gi
+	g.NewCurrent(freshUUID())
+	v.setGILocked(g, "forced up to date")
+	v.bm.SetAll()
+	v.reportDirtyLocked()
+	v.setDiskLocked(UpToDate, "forced by operator")
+	return nil
+}
+
+// Invalidate discards the local data's claim to be current (DRBD's
+// invalidate), while not connected and not Primary: the disk becomes
+// Inconsistent with every block out of sync, so the next connect fully
+// resyncs it from the peer.
+func (v *Volume) Invalidate() error {
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.link != nil || v.conn == Connecting:
+		return fmt.Errorf("replication: invalidate while connected: %w", ErrBusy)
+	case v.role == RolePrimary:
+		return fmt.Errorf("replication: invalidate a primary: %w", ErrBusy)
+	case v.disk <= Failed:
+		return fmt.Errorf("replication: invalidate with disk %v: %w", v.disk, ErrNoGoodDisk)
+	}
+	v.bm.SetAll()
+	v.reportDirtyLocked()
+	v.setDiskLocked(Inconsistent, "invalidated by operator")
+	return nil
+}
+
+func (v *Volume) curLink() *link {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.link
+}
+
+func (v *Volume) localOK() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.disk > Failed
+}
+
+// localFailed records a local I/O error: the disk is detached (DRBD's
+// on-io-error detach) and I/O continues through the peer.
+func (v *Volume) localFailed(err error) {
+	v.localErrors.Add(1)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.lastErr = err.Error()
+	if v.disk > Failed {
+		v.log.Error("local disk I/O error, detaching; serving through peer", "err", err)
+		v.setDiskLocked(Failed, "local I/O error")
+	}
+}
+
+// blockRange rounds [off, off+n) out to whole bitmap blocks.
+func (v *Volume) blockRange(off, n uint64) (uint64, uint64) {
+	bs := uint64(v.cfg.blockSize())
+	return off / bs * bs, min((off+n+bs-1)/bs*bs, v.size)
+}
+
+// ---- blockdev.Device ----
+
+func (v *Volume) checkIO(off int64, n int) error {
+	v.mu.Lock()
+	role, closed := v.role, v.closed
+	v.mu.Unlock()
+	switch {
+	case closed:
+		return fmt.Errorf("replication: volume %s: %w", v.uuid, ErrClosed)
+	case role != RolePrimary:
+		return fmt.Errorf("replication: volume %s on %s: %w", v.uuid, v.name, ErrNotPrimary)
+	case off < 0 || n < 0 || uint64(n) > v.size || uint64(off) > v.size-uint64(n):
+		return fmt.Errorf("replication: offset %d length %d size %d: %w", off, n, v.size, blockdev.ErrOutOfRange)
+	}
+	return nil
+}
+
+// Size implements blockdev.Device.
+func (v *Volume) Size() int64 { return int64(v.size) }
+
+// ReadOnly implements blockdev.Device.
+func (v *Volume) ReadOnly() bool { return v.dev.ReadOnly() }
+
+// ReadAt reads from the local disk, or from the peer when the local disk
+// has failed.
+func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
+	if err := v.checkIO(off, len(p)); err != nil {
+		return 0, err
+	}
+	if v.localOK() {
+		n, err := v.dev.ReadAt(p, off)
+		if err == nil {
+			return n, nil
+		}
+		v.localFailed(err)
+	}
+	l := v.curLink()
+	if l == nil {
+		return 0, fmt.Errorf("replication: read offset %d length %d: %w", off, len(p), ErrNoGoodDisk)
+	}
+	for done := 0; done < len(p); {
+		k := min(len(p)-done, MaxData)
+		if err := l.remoteRead(p[done:done+k], uint64(off)+uint64(done)); err != nil {
+			return done, fmt.Errorf("replication: read offset %d length %d from peer: %w: %w", off, len(p), ErrNoGoodDisk, err)
+		}
+		done += k
+	}
+	return len(p), nil
+}
+
+// WriteAt writes locally and to the peer in parallel and returns as the
+// protocol says. Losing the peer is not an error: the range is marked
+// out of sync instead. A local error is not an error either while the
+// peer took the write (the local disk is detached).
+func (v *Volume) WriteAt(p []byte, off int64) (int, error) {
+	if err := v.checkIO(off, len(p)); err != nil {
+		return 0, err
+	}
+	for done := 0; done < len(p); {
+		k := min(len(p)-done, MaxData)
+		if err := v.replicate(p[done:done+k], uint64(off)+uint64(done), uint64(k), false); err != nil {
+			return done, err
+		}
+		done += k
+	}
+	return len(p), nil
+}
+
+// Discard discards locally and on the peer (Discard messages of at most
+// MaxDiscard bytes), like a write of zeros.
+func (v *Volume) Discard(off, n int64) error {
+	if n < 0 || n > int64(v.size) {
+		return fmt.Errorf("replication: discard offset %d length %d: %w", off, n, blockdev.ErrOutOfRange)
+	}
+	if err := v.checkIO(off, int(n)); err != nil {
+		return err
+	}
+	for done := int64(0); done < n; {
+		k := min(n-done, MaxDiscard)
+		if err := v.replicate(nil, uint64(off+done), uint64(k), true); err != nil {
+			return err
+		}
+		done += k
+	}
+	return nil
+}
+
+// replicate writes p (or discards n bytes) at off locally and on the
+// peer.
+func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
+	v.inflight.acquire(int64(len(p)))
+	defer v.inflight.release(int64(len(p)))
+
+	v.gate.RLock()
+	l := v.curLink()
+	lo, hi := v.blockRange(off, n)
+	h := v.locks.lock(lo, hi)
+	var pw *pendingWrite
+	if l != nil {
+		pw = l.startWrite(off, n, p, discard)
+	}
+	if pw == nil {
+		v.markDirty(off, n)
+	}
+	var localErr error
+	if v.localOK() {
+		if discard {
+			localErr = v.dev.Discard(int64(off), int64(n))
+		} else {
+			_, localErr = v.dev.WriteAt(p, int64(off))
+		}
+	} else {
+		localErr = fmt.Errorf("local disk detached: %w", ErrNoGoodDisk)
+	}
+	v.locks.unlock(h)
+	v.gate.RUnlock()
+
+	v.writes.Add(1)
+	v.bytesWritten.Add(n)
+	peerOK := pw != nil && l.waitWrite(pw)
+	if localErr != nil {
+		if !errors.Is(localErr, ErrNoGoodDisk) {
+			v.localFailed(localErr)
+		}
+		if !peerOK {
+			return fmt.Errorf("replication: write offset %d length %d: %w: %w", off, n, ErrNoGoodDisk, localErr)
+		}
+	}
+	return nil
+}
+
+// Flush flushes the local disk and the peer's (a Flush message ordered
+// after every write sent before it) in parallel; it completes when both
+// are done. A lost peer is not an error.
+func (v *Volume) Flush() error {
+	if err := v.checkIO(0, 0); err != nil {
+		return err
+	}
+	var ch chan error
+	if l := v.curLink(); l != nil {
+		ch = l.startFlush()
+	}
+	var err error
+	if v.localOK() {
+		if err = v.dev.Flush(); err != nil {
+			v.localFailed(err)
+		}
+	} else {
+		err = fmt.Errorf("local disk detached: %w", ErrNoGoodDisk)
+	}
+	peerOK := false
+	if ch != nil {
+		peerOK = <-ch == nil
+	}
+	if err != nil && !peerOK {
+		return fmt.Errorf("replication: flush: %w: %w", ErrNoGoodDisk, err)
+	}
+	return nil
+}
+
+// Close stops replication (closing any link) and closes the local
+// device.
+func (v *Volume) Close() error {
+	v.Stop()
+	return v.dev.Close()
+}
+
+// Stop stops replication without closing the device: the link is cut
+// (as a crash would) and later I/O fails with ErrClosed.
+func (v *Volume) Stop() {
+	v.stopOnce.Do(func() { close(v.stop) })
+	v.mu.Lock()
+	v.closed = true
+	l := v.link
+	v.mu.Unlock()
+	if l != nil {
+		l.fail(fmt.Errorf("volume stopped: %w", ErrClosed))
+		<-l.finished
+	}
+}
+
+// Bitmap returns a copy of the out-of-sync bitmap.
+func (v *Volume) Bitmap() *Bitmap {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	c, _ := NewBitmap(v.bm.VolumeSize(), v.bm.BlockSize())
+	c.Merge(v.bm)
+	return c
+}
+
+// GenIDs returns the current GIs.
+func (v *Volume) GenIDs() GenIDs {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.gi
+}
+
+// VolumeStatus is a snapshot of a volume's replication state.
+type VolumeStatus struct {
+	Node, Peer     string
+	Role, PeerRole Role
+	Conn           ConnState
+	Disk, PeerDisk DiskState
+	Repl           ReplState
+	Protocol       Protocol
+	GI             GenIDs
+	// OutOfSyncBytes is what the bitmap marks as differing from the peer.
+	OutOfSyncBytes uint64
+	// ResyncTotal and ResyncDone are the bytes of the current (or last)
+	// resync; ResyncRate its average rate in bytes/s.
+	ResyncTotal, ResyncDone uint64
+	ResyncRate              float64
+	ResyncPaused            bool
+	// VerifyTotal and VerifyDone are the progress of online verify.
+	VerifyTotal, VerifyDone uint64
+	// Writes and BytesWritten count WriteAt/Discard pieces served;
+	// BytesSent counts frame bytes sent; ResyncBytes resync payload sent
+	// (source) or applied (target); LocalErrors local I/O errors.
+	Writes, BytesWritten, BytesSent, ResyncBytes, LocalErrors uint64
+	LastError                                                 string
+}
+
+// Status returns a snapshot; safe for concurrent use.
+func (v *Volume) Status() VolumeStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s := VolumeStatus{
+		Node: v.name, Peer: v.peerName, Role: v.role, PeerRole: v.peerRole, Conn: v.conn,
+		Disk: v.disk, PeerDisk: v.peerDisk, Repl: v.repl, Protocol: v.cfg.Protocol, GI: v.gi,
+		OutOfSyncBytes: v.bm.DirtyBytes(),
+		ResyncTotal:    v.resyncTotal, ResyncDone: v.resyncDone, ResyncPaused: v.paused,
+		VerifyTotal: v.verifyTotal, VerifyDone: v.verifyDone,
+		Writes: v.writes.Load(), BytesWritten: v.bytesWritten.Load(), BytesSent: v.bytesSent.Load(),
+		ResyncBytes: v.resyncBytes.Load(), LocalErrors: v.localErrors.Load(), LastError: v.lastErr,
+	}
+	end := time.Now()
+	if !v.resyncEnd.IsZero() {
+		end = v.resyncEnd
+	}
+	if el := end.Sub(v.resyncStart).Seconds(); !v.resyncStart.IsZero() && el > 0 {
+		s.ResyncRate = float64(v.resyncDone) / el
+	}
+	return s
+}
