@@ -35,7 +35,10 @@ func commands() []command {
 	cmds := []command{
 		{name: "export", summary: "serve one volume over iSCSI, standalone (no replication)", run: runExport},
 		{name: "version", summary: "print the version", run: runVersion},
+		{name: "create-md", summary: "initialise a node's replication metadata (and backing file)", run: runCreateMD},
+		{name: "agent", summary: "run one node of a replicated resource", run: runAgent},
 	}
+	cmds = append(cmds, adminCommands()...)
 	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
 	return cmds
 }
@@ -61,7 +64,7 @@ Usage:
 Commands:
 `)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
 Run "hablock <command> --help" for a command's flags and examples.

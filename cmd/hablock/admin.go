@@ -1,0 +1,436 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"github.com/hablock/hablock/internal/admin"
+)
+
+// The admin commands talk to the local agent over its admin socket: HTTP
+// with JSON bodies on the Unix socket named by the node's "admin" key in
+// the resource file (default /run/hablock/RESOURCE-NODE.sock, mode 0600).
+// See package internal/admin for the endpoints.
+
+const adminTargetHelp = `
+The agent is found through its admin socket: either --config FILE --node
+NAME (the socket is the node's "admin" key, default
+/run/hablock/RESOURCE-NODE.sock) or --socket PATH. The socket speaks HTTP
+with JSON (GET /v1/status, POST /v1/primary?force=1, ...), mode 0600.
+
+Flags:
+`
+
+type adminSpec struct {
+	name, summary, help string
+	// op performs the request; nil for status.
+	op func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error)
+	// which optional flags the command takes
+	force, repair, wait, json bool
+	// waitKind is what --wait follows after op: "sync" (the
+	// connection and its resync) or "verify".
+	waitKind string
+}
+
+type adminOpts struct {
+	config, node, socket string
+	force, repair, wait  bool
+	json                 bool
+	timeout              time.Duration
+}
+
+var adminSpecs = []adminSpec{
+	{name: "status", summary: "show a node's role, disk, connection and sync progress (like drbdadm status)", json: true,
+		help: `Show the state of the resource on this node, like "drbdadm status":
+
+  r0 role:Primary
+    disk:UpToDate
+    n2 connection:Connected role:Secondary
+      peer-disk:Inconsistent replication:SyncSource done:42.10% eta:0:12
+
+With --json the full status (every counter, sync and verify progress with
+rate and ETA in seconds) is printed as one JSON object.
+
+Examples:
+  hablock status --config /etc/hablock/r0.conf --node n1
+  hablock status --socket /run/hablock/r0-n1.sock --json | jq .replication
+`},
+	{name: "connect", summary: "connect to the peer (and resync); --wait follows the resync", wait: true, waitKind: "sync",
+		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) { return c.Connect(ctx) },
+		help: `Connect to the peer: the agent dials/accepts the peer link, runs the handshake
+and the resync the generation identifiers call for. Returns at once; with
+--wait it follows the connection and any resync until it is Established,
+with a progress bar when stdout is a terminal.
+
+Examples:
+  hablock connect --config /etc/hablock/r0.conf --node n1 --wait
+`},
+	{name: "disconnect", summary: "drop the peer link and stay StandAlone until connect",
+		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
+			return c.Disconnect(ctx)
+		},
+		help: `Drop the link to the peer and do not reconnect until "hablock connect". A
+Primary keeps serving; its writes are tracked in the out-of-sync bitmap.
+
+Examples:
+  hablock disconnect --config /etc/hablock/r0.conf --node n1
+`},
+	{name: "primary", summary: "promote this node: it serves the volume over iSCSI", force: true,
+		op: func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error) {
+			return c.Primary(ctx, o.force)
+		},
+		help: `Promote this node to Primary: it takes writes, replicates them and exports
+the volume over iSCSI. Refused unless the local disk is UpToDate and the
+peer is not Primary. --force promotes a node whose disk is not UpToDate
+(the initial promotion of a fresh resource, or the survivor after losing
+the good node): its data is declared the good copy and the peer will be
+resynced from it. Never use --force while the other node may be Primary.
+
+Examples:
+  hablock primary --config /etc/hablock/r0.conf --node n1
+  hablock primary --config /etc/hablock/r0.conf --node n1 --force   # fresh volume: n1's data wins
+`},
+	{name: "secondary", summary: "demote this node: stop serving, flush",
+		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
+			return c.Secondary(ctx)
+		},
+		help: `Demote this node to Secondary: the iSCSI export stops, outstanding writes are
+flushed, and the node only applies the peer's writes.
+
+Examples:
+  hablock secondary --config /etc/hablock/r0.conf --node n1
+`},
+	{name: "invalidate", summary: "discard this node's data: full resync from the peer (not supported by the engine yet)",
+		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
+			return c.Invalidate(ctx)
+		},
+		help: `Mark this node's data Inconsistent so that all of it is resynced from the
+peer. Run it on the node whose data is bad.
+
+Not available yet: the replication engine has no full-sync request, so the
+agent answers 501 (not implemented). Until then: stop the agent, run
+"hablock create-md --force" with the same --uuid on this node, and start it
+again; it connects Inconsistent and receives a full sync.
+
+Examples:
+  hablock invalidate --config /etc/hablock/r0.conf --node n2
+`},
+	{name: "verify", summary: "compare both disks online; --repair resyncs differences", repair: true, wait: true, waitKind: "verify",
+		op: func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error) {
+			return c.Verify(ctx, o.repair)
+		},
+		help: `Compare the whole volume with the peer, block by block (digest: the
+resource's net.verify-alg), while it keeps serving. Differing blocks are
+marked out of sync; with --repair (on the Primary) they are then resynced
+from this node. Returns at once; --wait follows it to the end, with a
+progress bar when stdout is a terminal, and prints what it found.
+
+Examples:
+  hablock verify --config /etc/hablock/r0.conf --node n1 --wait
+  hablock verify --config /etc/hablock/r0.conf --node n1 --repair
+`},
+	{name: "pause-sync", summary: "pause the running resync",
+		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
+			return c.PauseSync(ctx)
+		},
+		help: `Pause the resync (on the sync source) until resume-sync, e.g. to give the
+disks to a batch job. Writes keep being replicated.
+
+Examples:
+  hablock pause-sync --config /etc/hablock/r0.conf --node n1
+`},
+	{name: "resume-sync", summary: "resume a paused resync",
+		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
+			return c.ResumeSync(ctx)
+		},
+		help: `Resume a resync paused with pause-sync.
+
+Examples:
+  hablock resume-sync --config /etc/hablock/r0.conf --node n1
+`},
+}
+
+// adminCommands returns the admin subcommands for commands().
+func adminCommands() []command {
+	var cmds []command
+	for _, s := range adminSpecs {
+		cmds = append(cmds, command{name: s.name, summary: s.summary, run: func(args []string, stdout, stderr io.Writer) error {
+			return runAdmin(s, args, stdout, stderr)
+		}})
+	}
+	return cmds
+}
+
+func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
+	var o adminOpts
+	fs := pflag.NewFlagSet(spec.name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stdout, spec.help, adminTargetHelp)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.config, "config", "", "resource file `path`; with --node, finds the admin socket")
+	fs.StringVar(&o.node, "node", "", "the local node's `name` in the resource file")
+	fs.StringVar(&o.socket, "socket", "", "admin socket `path` of the agent (instead of --config and --node)")
+	fs.DurationVar(&o.timeout, "timeout", 0, "give up after this long (0: 60s for a request; no limit with --wait)")
+	if spec.json {
+		fs.BoolVar(&o.json, "json", false, "print the full status as JSON")
+	}
+	if spec.force {
+		fs.BoolVar(&o.force, "force", false, "promote even though the local disk is not UpToDate (see above)")
+	}
+	if spec.repair {
+		fs.BoolVar(&o.repair, "repair", false, "resync the blocks found different, from this node (Primary only)")
+	}
+	if spec.wait {
+		fs.BoolVar(&o.wait, "wait", false, "follow the progress until it finishes")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageErrorf("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	hint := ""
+	switch {
+	case o.socket != "" && (o.config != "" || o.node != ""):
+		return usageErrorf("give either --socket or --config and --node, not both")
+	case o.socket == "" && (o.config == "" || o.node == ""):
+		return usageErrorf("--config and --node (or --socket) are required to find the agent")
+	case o.socket == "":
+		_, node, err := loadNode(o.config, o.node)
+		if err != nil {
+			return err
+		}
+		o.socket = node.Admin
+		hint = fmt.Sprintf("hablock agent --config %s --node %s", o.config, o.node)
+	default:
+		hint = "hablock agent --config FILE --node NAME"
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	timeout := o.timeout
+	if timeout == 0 && !o.wait {
+		timeout = 60 * time.Second
+	}
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	c := admin.NewClient(o.socket)
+	defer c.Close()
+	noAgent := func(err error) error {
+		if errors.Is(err, admin.ErrNoAgent) {
+			return fmt.Errorf("no agent at %s: is `%s` running?", o.socket, hint)
+		}
+		return err
+	}
+
+	var st admin.Status
+	var err error
+	if spec.op == nil {
+		st, err = c.Status(ctx)
+	} else {
+		st, err = spec.op(ctx, c, &o)
+	}
+	if err != nil {
+		return noAgent(err)
+	}
+	if o.wait {
+		if st, err = follow(ctx, c, spec.waitKind, stdout); err != nil {
+			return noAgent(err)
+		}
+	}
+	if o.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	_, err = io.WriteString(stdout, formatStatus(st))
+	return err
+}
+
+// formatStatus renders st like drbdadm status.
+func formatStatus(st admin.Status) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s role:%s\n", st.Resource, st.Role)
+	fmt.Fprintf(&b, "  disk:%s", st.Disk)
+	if st.OutOfSyncBytes > 0 {
+		fmt.Fprintf(&b, " out-of-sync:%s", humanBytes(float64(st.OutOfSyncBytes)))
+	}
+	b.WriteString("\n")
+	if !st.Engine {
+		b.WriteString("  (replication engine not running in this agent)\n")
+	}
+	peer := st.Peer
+	if peer == "" {
+		peer = "peer"
+	}
+	fmt.Fprintf(&b, "  %s connection:%s role:%s\n", peer, st.Connection, st.PeerRole)
+	fmt.Fprintf(&b, "    peer-disk:%s replication:%s", st.PeerDisk, st.Replication)
+	switch {
+	case isResync(st.Replication) && st.Sync != nil:
+		fmt.Fprintf(&b, " done:%.2f%% eta:%s", st.Sync.Percent(), admin.FormatETA(st.Sync.ETA()))
+		if st.Sync.Paused {
+			b.WriteString(" paused")
+		}
+	case isVerify(st.Replication) && st.Verify != nil:
+		fmt.Fprintf(&b, " verified:%.2f%% eta:%s", st.Verify.Percent(), admin.FormatETA(st.Verify.ETA()))
+	}
+	b.WriteString("\n")
+	if r := st.VerifyResult; r != nil && !isVerify(st.Replication) {
+		fmt.Fprintf(&b, "    last-verify:%s checked:%s out-of-sync:%s", r.Finished.Format(time.RFC3339),
+			humanBytes(float64(r.CheckedBytes)), humanBytes(float64(r.OutOfSyncBytes)))
+		if r.Error != "" {
+			fmt.Fprintf(&b, " error:%q", r.Error)
+		}
+		b.WriteString("\n")
+	}
+	if st.LastError != "" && st.Connection != "Connected" {
+		fmt.Fprintf(&b, "  last-error: %s\n", st.LastError)
+	}
+	return b.String()
+}
+
+func isResync(repl string) bool {
+	switch repl {
+	case "WFBitMapS", "WFBitMapT", "SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "StartingSyncS", "StartingSyncT":
+		return true
+	}
+	return false
+}
+
+func isVerify(repl string) bool { return repl == "VerifyS" || repl == "VerifyT" }
+
+// pollInterval is how often --wait asks for the status; lines are printed
+// every plainEvery when stdout is not a terminal.
+const (
+	pollInterval = 250 * time.Millisecond
+	plainEvery   = 2 * time.Second
+)
+
+// follow polls the status until the resync (kind "sync") or the verify
+// (kind "verify") is over, drawing a progress bar on a terminal and
+// printing a line every plainEvery otherwise.
+func follow(ctx context.Context, c *admin.Client, kind string, stdout io.Writer) (admin.Status, error) {
+	tty := false
+	if f, ok := stdout.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	var bar *progressbar.ProgressBar
+	defer func() {
+		if bar != nil {
+			bar.Finish()
+			fmt.Fprintln(stdout)
+		}
+	}()
+	start := time.Now()
+	var lastLine time.Time
+	seenActive := false
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		st, err := c.Status(ctx)
+		if err != nil {
+			return st, err
+		}
+		var p *admin.Progress
+		done := false
+		switch kind {
+		case "sync":
+			if isResync(st.Replication) {
+				p = st.Sync
+			}
+			done = st.Connection == "Connected" && !isResync(st.Replication)
+			if st.Connection == "StandAlone" && (seenActive || time.Since(start) > 2*time.Second) {
+				return st, fmt.Errorf("connection given up (StandAlone): %s", orUnknown(st.LastError))
+			}
+			seenActive = seenActive || st.Connection != "StandAlone"
+		case "verify":
+			if isVerify(st.Replication) {
+				p = st.Verify
+				seenActive = true
+			}
+			// Done once it has been seen running, or its result is newer
+			// than this command (the agent is on this host: one clock).
+			fresh := st.VerifyResult != nil && !st.VerifyResult.Finished.Before(start.Add(-time.Second))
+			done = !isVerify(st.Replication) && (seenActive || fresh || time.Since(start) > 2*time.Second)
+			if done && st.VerifyResult != nil && st.VerifyResult.Error != "" {
+				return st, fmt.Errorf("verify failed: %s", st.VerifyResult.Error)
+			}
+			if done && st.Connection != "Connected" && st.VerifyResult == nil {
+				return st, fmt.Errorf("verify did not run: connection %s: %s", st.Connection, orUnknown(st.LastError))
+			}
+		}
+		if p != nil {
+			if tty {
+				if bar == nil {
+					bar = progressbar.NewOptions64(int64(p.Total),
+						progressbar.OptionSetWriter(stdout),
+						progressbar.OptionSetDescription(kind),
+						progressbar.OptionShowBytes(true),
+						progressbar.OptionUseIECUnits(true),
+						progressbar.OptionSetPredictTime(true),
+						progressbar.OptionSetWidth(40),
+						progressbar.OptionThrottle(100*time.Millisecond))
+				}
+				bar.ChangeMax64(int64(p.Total))
+				bar.Set64(int64(p.Done))
+			} else if time.Since(lastLine) >= plainEvery || done {
+				lastLine = time.Now()
+				fmt.Fprintf(stdout, "%s %s: %.2f%% %s of %s, %s/s, eta %s\n", time.Now().Format("15:04:05"), st.Replication,
+					p.Percent(), humanBytes(float64(p.Done)), humanBytes(float64(p.Total)),
+					humanBytes(p.Rate), admin.FormatETA(p.ETA()))
+			}
+		}
+		if done {
+			if bar != nil {
+				bar.Set64(bar.GetMax64())
+			}
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("stopped waiting: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// humanBytes formats n bytes with a binary unit and one decimal: "1.5 GiB".
+func humanBytes(n float64) string {
+	for _, u := range []struct {
+		s string
+		v float64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.v {
+			return fmt.Sprintf("%.1f %s", n/u.v, u.s)
+		}
+	}
+	return fmt.Sprintf("%.0f B", n)
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "no error recorded"
+	}
+	return s
+}

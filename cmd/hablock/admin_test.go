@@ -1,0 +1,56 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hablock/hablock/internal/admin"
+)
+
+func TestFormatStatus(t *testing.T) {
+	st := admin.Status{
+		Resource: "r0", Node: "n1", Peer: "n2", Role: "Primary", Disk: "UpToDate",
+		PeerRole: "Secondary", PeerDisk: "Inconsistent", Connection: "Connected", Replication: "SyncSource",
+		OutOfSyncBytes: 3 << 20, Engine: true,
+		Sync: admin.NewProgress(4210, 10000, 100, true, false),
+	}
+	want := "r0 role:Primary\n" +
+		"  disk:UpToDate out-of-sync:3.0 MiB\n" +
+		"  n2 connection:Connected role:Secondary\n" +
+		"    peer-disk:Inconsistent replication:SyncSource done:42.10% eta:0:58\n"
+	if got := formatStatus(st); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+
+	st = admin.Status{Resource: "r0", Peer: "n2", Role: "Secondary", Disk: "UpToDate", PeerRole: "Unknown",
+		PeerDisk: "DUnknown", Connection: "Unconnected", Replication: "Off", LastError: "peer gone",
+		VerifyResult: &admin.VerifyResult{Finished: time.Date(2026, 11, 22, 6, 0, 0, 0, time.UTC), CheckedBytes: 1 << 30, OutOfSyncBytes: 4096}}
+	got := formatStatus(st)
+	for _, s := range []string{"(replication engine not running", "n2 connection:Unconnected", "last-verify:2026-11-22T06:00:00Z checked:1.0 GiB out-of-sync:4.0 KiB", "last-error: peer gone"} {
+		if !strings.Contains(got, s) {
+			t.Errorf("missing %q in:\n%s", s, got)
+		}
+	}
+}
+
+func TestAdminUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status"}, "--config and --node (or --socket) are required"},
+		{[]string{"status", "--socket", "/x.sock", "--node", "n1"}, "either --socket or --config and --node"},
+		{[]string{"primary", "--socket", "/x.sock", "--repair"}, "unknown flag: --repair"},
+		{[]string{"secondary", "--socket", "/x.sock", "extra"}, `unexpected argument "extra"`},
+	} {
+		code, _, errOut := hablock(tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+	code, out, _ := hablock("verify", "--help")
+	if code != 0 || !strings.Contains(out, "--repair") || !strings.Contains(out, "--wait") || !strings.Contains(out, "Examples:") {
+		t.Errorf("verify --help: exit %d\n%s", code, out)
+	}
+}

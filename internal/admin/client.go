@@ -1,0 +1,132 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"syscall"
+)
+
+// maxResponse bounds a response body; a Status is about a kilobyte.
+const maxResponse = 1 << 20
+
+// Client talks to an agent's admin socket. Safe for concurrent use.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a Client for the Unix socket at path. It does not
+// connect until a method is called.
+func NewClient(path string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		MaxIdleConns:      2,
+		DisableKeepAlives: false,
+	}
+	return &Client{socket: path, http: &http.Client{Transport: tr}}
+}
+
+// Socket returns the socket path.
+func (c *Client) Socket() string { return c.socket }
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+// Status returns the node's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodGet, "status", nil)
+}
+
+// Connect asks the node to connect to its peer.
+func (c *Client) Connect(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodPost, "connect", nil)
+}
+
+// Disconnect drops the peer link.
+func (c *Client) Disconnect(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodPost, "disconnect", nil)
+}
+
+// Primary promotes the node; see Node.Primary for force.
+func (c *Client) Primary(ctx context.Context, force bool) (Status, error) {
+	return c.do(ctx, http.MethodPost, "primary", boolQuery("force", force))
+}
+
+// Secondary demotes the node.
+func (c *Client) Secondary(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodPost, "secondary", nil)
+}
+
+// Invalidate discards the local data for a full resync from the peer.
+func (c *Client) Invalidate(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodPost, "invalidate", nil)
+}
+
+// Verify starts online verify.
+func (c *Client) Verify(ctx context.Context, repair bool) (Status, error) {
+	return c.do(ctx, http.MethodPost, "verify", boolQuery("repair", repair))
+}
+
+// PauseSync pauses the resync.
+func (c *Client) PauseSync(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodPost, "pause-sync", nil)
+}
+
+// ResumeSync resumes the resync.
+func (c *Client) ResumeSync(ctx context.Context) (Status, error) {
+	return c.do(ctx, http.MethodPost, "resume-sync", nil)
+}
+
+func boolQuery(k string, v bool) url.Values {
+	if !v {
+		return nil
+	}
+	return url.Values{k: {"1"}}
+}
+
+func (c *Client) do(ctx context.Context, method, op string, q url.Values) (Status, error) {
+	var st Status
+	u := "http://hablock/v1/" + op
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if ctx.Err() == nil && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) {
+			return st, fmt.Errorf("%w at %s", ErrNoAgent, c.socket)
+		}
+		return st, fmt.Errorf("admin %s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return st, fmt.Errorf("admin %s: read response: %w", op, err)
+	}
+	if len(body) > maxResponse {
+		return st, fmt.Errorf("admin %s: response larger than %d bytes", op, maxResponse)
+	}
+	if resp.StatusCode != http.StatusOK {
+		e := &Error{HTTPStatus: resp.StatusCode}
+		if json.Unmarshal(body, e) != nil || e.Message == "" {
+			e.Code, e.Message = CodeInternal, fmt.Sprintf("admin %s: HTTP %s", op, resp.Status)
+		}
+		return st, e
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, fmt.Errorf("admin %s: decode status: %w", op, err)
+	}
+	return st, nil
+}
