@@ -201,13 +201,6 @@ func (pr *pair) waitInSync(d time.Duration) {
 	})
 }
 
-func (pr *pair) waitConnected() {
-	pr.t.Helper()
-	waitFor(pr.t, "connected", 5*time.Second, func() bool {
-		return pr.p.v.Status().Conn == Connected && pr.s.v.Status().Conn == Connected
-	})
-}
-
 func readAll(t *testing.T, d blockdev.Device) []byte {
 	t.Helper()
 	b := make([]byte, d.Size())
@@ -467,7 +460,7 @@ func TestWrongVolumeUUIDRefused(t *testing.T) {
 
 // fakePeer connects to a secondary's listener and runs script on the raw
 // connection.
-func runFakePeer(t *testing.T, st State, script func(c net.Conn)) (error, *blockdev.Memory) {
+func runFakePeer(t *testing.T, st State, script func(c net.Conn)) (*blockdev.Memory, error) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -497,7 +490,7 @@ func runFakePeer(t *testing.T, st State, script func(c net.Conn)) (error, *block
 	case <-time.After(10 * time.Second):
 		t.Fatal("attach did not return")
 	}
-	return err, mem
+	return mem, err
 }
 
 func TestGarbagePeerDisconnected(t *testing.T) {
@@ -508,7 +501,7 @@ func TestGarbagePeerDisconnected(t *testing.T) {
 		}
 	}
 	t.Run("garbage", func(t *testing.T) {
-		err, mem := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
+		mem, err := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
 			c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"))
 		})
 		if !errors.Is(err, ErrProtocol) || !errors.Is(err, ErrBadMagic) {
@@ -521,7 +514,7 @@ func TestGarbagePeerDisconnected(t *testing.T) {
 			Disk: UpToDate, Role: RolePrimary, VolumeSize: testSize, BlockSize: DefaultBlockSize}
 	}
 	t.Run("bad crc after handshake", func(t *testing.T) {
-		err, mem := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
+		mem, err := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
 			b, _ := AppendFrame(nil, 1, 0, hs())
 			b, _ = AppendFrame(b, 2, 0, &Write{Offset: 0, ID: 1, Data: make([]byte, 4096)})
 			b[len(b)-1] ^= 0xFF // payload CRC mismatch
@@ -533,7 +526,7 @@ func TestGarbagePeerDisconnected(t *testing.T) {
 		untouched(t, mem)
 	})
 	t.Run("unknown type after handshake", func(t *testing.T) {
-		err, mem := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
+		mem, err := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
 			b, _ := AppendFrame(nil, 1, 0, hs())
 			f, _ := AppendFrame(nil, 2, 0, &Ping{Nonce: 1})
 			f[7] = 99 // type; header CRC now wrong too, fix it
@@ -795,7 +788,7 @@ func fakeHandshake(role Role) *Handshake {
 
 func TestSilentPeerDeclaredDead(t *testing.T) {
 	start := time.Now()
-	err, _ := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
+	_, err := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
 		b, _ := AppendFrame(nil, 1, 0, fakeHandshake(RolePrimary))
 		c.Write(b)
 		// then silence, connection kept open
@@ -807,7 +800,7 @@ func TestSilentPeerDeclaredDead(t *testing.T) {
 }
 
 func TestProtocolVersionMismatchRefused(t *testing.T) {
-	err, _ := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
+	_, err := runFakePeer(t, syncedState("b", RoleSecondary), func(c net.Conn) {
 		hs := fakeHandshake(RolePrimary)
 		hs.MinProto, hs.MaxProto = 2, 3
 		b, _ := AppendFrame(nil, 1, 0, hs)

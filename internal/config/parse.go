@@ -113,22 +113,6 @@ type token struct {
 	pos
 }
 
-func (t token) describe() string {
-	switch t.kind {
-	case tEOF:
-		return "end of file"
-	case tLBrace:
-		return `"{"`
-	case tRBrace:
-		return `"}"`
-	case tSemi:
-		return `";"`
-	case tNewline:
-		return "end of line"
-	}
-	return strconv.Quote(t.text)
-}
-
 type lexer struct {
 	file      string
 	src       string
