@@ -7,6 +7,7 @@
 package main
 
 import (
+	benchpkg "github.com/hablock/hablock/benchmarks/internal/bench"
 	"github.com/hablock/hablock/internal/units"
 
 	"context"
@@ -322,29 +323,7 @@ func (b *bench) preflight() error {
 
 // buildHablock returns the hablock binary to run, building it if needed.
 func (b *bench) buildHablock(ctx context.Context, dir string) (string, error) {
-	if b.o.hablockBin != "" {
-		return filepath.Abs(b.o.hablockBin)
-	}
-	repo := b.o.repo
-	if repo == "" {
-		out, err := runCmd(ctx, 30*time.Second, "go", "env", "GOMOD")
-		if err != nil {
-			return "", err
-		}
-		gomod := strings.TrimSpace(out)
-		if gomod == "" || gomod == os.DevNull {
-			return "", fmt.Errorf("not inside a Go module; pass --repo or --hablock-bin")
-		}
-		repo = filepath.Dir(gomod)
-	}
-	bin := filepath.Join(dir, "hablock")
-	b.logf("building hablock: go build -o %s ./cmd/hablock (in %s)", bin, repo)
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/hablock")
-	cmd.Dir = repo
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building hablock: %v\n%s(run with --targets raw,tgt,gotgt to leave hablock out)", err, out)
-	}
-	return bin, nil
+	return benchpkg.BuildHablock(ctx, b.o.hablockBin, b.o.repo, dir, b.log, "(run with --targets raw,tgt,gotgt to leave hablock out)")
 }
 
 func (b *bench) run(ctx context.Context) (*report, error) {
@@ -442,7 +421,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 					return nil, fmt.Errorf("interrupted: %w", ctx.Err())
 				}
 				wr.add(t.name(), r)
-				b.logf("[%s %d/%d] %-7s %s", w.Name, i, b.o.reps, t.name(), r.summary())
+				b.logf("[%s %d/%d] %-7s %s", w.Name, i, b.o.reps, t.name(), r.Summary())
 			}
 		}
 		wr.finish()
@@ -455,7 +434,7 @@ func (b *bench) run(ctx context.Context) (*report, error) {
 func (b *bench) runOne(ctx context.Context, rep *report, t target, w workload, repNo int) runRecord {
 	r := runRecord{Rep: repNo}
 	if p := t.proc(); p != nil {
-		if done, how := p.exited(); done {
+		if done, how := p.Exited(); done {
 			b.logf("%s is not running (%s); restarting", t.name(), how)
 			if err := b.restart(ctx, rep, t); err != nil {
 				r.Status, r.Detail = "down", err.Error()
@@ -468,11 +447,11 @@ func (b *bench) runOne(ctx context.Context, rep *report, t target, w workload, r
 	}
 	var pid int
 	if p := t.proc(); p != nil {
-		pid = p.pid()
+		pid = p.Pid()
 	}
 	s := startRSSSampler(pid, b.o.rssInterval)
 	res := runQemu(ctx, t.argv(w), b.o.runTimeout)
-	r.MaxRSSKiB, r.HWMKiB = s.stop()
+	r.MaxRSSKiB, r.HWMKiB = s.Stop()
 	if ctx.Err() != nil {
 		r.Status = "interrupted"
 		return r
@@ -480,29 +459,29 @@ func (b *bench) runOne(ctx context.Context, rep *report, t target, w workload, r
 	crashed := false
 	how := ""
 	if p := t.proc(); p != nil {
-		crashed, how = p.exited()
+		crashed, how = p.Exited()
 	}
 	switch {
 	case crashed:
 		r.Status = "crash"
 		r.Detail = fmt.Sprintf("target process died (%s); qemu-img: %s; target log: %s",
-			how, lastLine(res.out), lastLine(t.proc().logTail(3)))
-	case res.timeout:
+			how, lastLine(res.Out), lastLine(t.proc().LogTail(3)))
+	case res.Timeout:
 		r.Status = "hang"
-		r.Detail = fmt.Sprintf("no completion within %v; qemu-img: %s", b.o.runTimeout, lastLine(res.out))
+		r.Detail = fmt.Sprintf("no completion within %v; qemu-img: %s", b.o.runTimeout, lastLine(res.Out))
 		if t.proc() != nil {
 			b.logf("%s hung; restarting it", t.name())
 		}
 		if err := b.restart(ctx, rep, t); err != nil {
 			r.Detail += "; restart failed: " + err.Error()
 		}
-	case res.err != nil:
+	case res.Err != nil:
 		r.Status = "error"
-		r.Detail = fmt.Sprintf("%v: %s", res.err, lastLine(res.out))
+		r.Detail = fmt.Sprintf("%v: %s", res.Err, lastLine(res.Out))
 	default:
-		out, err := parseBenchOutput(res.out)
+		out, err := parseBenchOutput(res.Out)
 		if err == nil {
-			err = out.check(w)
+			err = out.Check(w)
 		}
 		if err != nil {
 			r.Status, r.Detail = "error", err.Error()
@@ -525,15 +504,4 @@ func (b *bench) restart(ctx context.Context, rep *report, t target) error {
 	err := t.start(ctx)
 	rep.noteRestart(t)
 	return err
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
-	}
-	if len(s) > 300 {
-		s = s[:300] + "..."
-	}
-	return s
 }

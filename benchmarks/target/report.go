@@ -4,49 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
+	benchpkg "github.com/hablock/hablock/benchmarks/internal/bench"
 	"os"
-	"os/exec"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
 )
-
-// runRecord is one qemu-img run.
-type runRecord struct {
-	Rep       int     `json:"rep"`
-	Status    string  `json:"status"` // ok, hang, crash, error, down
-	Seconds   float64 `json:"seconds,omitempty"`
-	IOPS      float64 `json:"iops,omitempty"`
-	MiBps     float64 `json:"mib_per_s,omitempty"`
-	Detail    string  `json:"detail,omitempty"`
-	MaxRSSKiB int64   `json:"max_vmrss_kib,omitempty"` // peak VmRSS sampled during the run
-	HWMKiB    int64   `json:"vmhwm_kib,omitempty"`     // VmHWM right after the run
-}
-
-func (r runRecord) summary() string {
-	s := r.Status
-	if r.Status == "ok" {
-		s = fmt.Sprintf("%8.0f IOPS %8.1f MiB/s (%.3f s)", r.IOPS, r.MiBps, r.Seconds)
-	} else if r.Detail != "" {
-		s += ": " + r.Detail
-	}
-	if r.MaxRSSKiB > 0 {
-		s += fmt.Sprintf("  rss %.1f MiB", float64(r.MaxRSSKiB)/1024)
-	}
-	return s
-}
-
-// cellResult is one target on one workload.
-type cellResult struct {
-	Runs        []runRecord `json:"runs"`
-	OK          int         `json:"ok_runs"`
-	MedianIOPS  *float64    `json:"median_iops"`
-	MedianMiBps *float64    `json:"median_mib_per_s"`
-	MaxRSSKiB   int64       `json:"max_vmrss_kib,omitempty"`
-	MaxHWMKiB   int64       `json:"max_vmhwm_kib,omitempty"`
-}
 
 type workloadResult struct {
 	workload
@@ -63,9 +26,7 @@ func (wr *workloadResult) add(target string, r runRecord) {
 		wr.Targets[target] = c
 		wr.Order = append(wr.Order, target)
 	}
-	c.Runs = append(c.Runs, r)
-	c.MaxRSSKiB = max(c.MaxRSSKiB, r.MaxRSSKiB)
-	c.MaxHWMKiB = max(c.MaxHWMKiB, r.HWMKiB)
+	c.Add(r)
 }
 
 // ratioPairs are the ratios the report shows (numerator/denominator).
@@ -74,17 +35,7 @@ var ratioPairs = [][2]string{{"hablock", "tgt"}, {"hablock", "gotgt"}, {"hablock
 func (wr *workloadResult) finish() {
 	med := map[string]float64{}
 	for name, c := range wr.Targets {
-		var xs []float64
-		for _, r := range c.Runs {
-			if r.Status == "ok" {
-				xs = append(xs, r.IOPS)
-			}
-		}
-		c.OK = len(xs)
-		m := median(xs)
-		med[name] = m
-		c.MedianIOPS = num(m)
-		c.MedianMiBps = num(m * float64(wr.BlockSize) / (1 << 20))
+		med[name] = c.Finish(wr.BlockSize)
 	}
 	for _, p := range ratioPairs {
 		a, okA := med[p[0]]
@@ -93,14 +44,6 @@ func (wr *workloadResult) finish() {
 			wr.Ratios[p[0]+"/"+p[1]] = num(ratio(a, b))
 		}
 	}
-}
-
-// num turns NaN into a JSON null.
-func num(f float64) *float64 {
-	if math.IsNaN(f) || math.IsInf(f, 0) {
-		return nil
-	}
-	return &f
 }
 
 type targetInfo struct {
@@ -183,7 +126,7 @@ func (r *report) noteRestart(t target) {
 }
 
 func (r *report) addWorkload(w workload) *workloadResult {
-	wr := &workloadResult{workload: w, Label: w.label(), Targets: map[string]*cellResult{}, Ratios: map[string]*float64{}}
+	wr := &workloadResult{workload: w, Label: w.Label(), Targets: map[string]*cellResult{}, Ratios: map[string]*float64{}}
 	r.Workloads = append(r.Workloads, wr)
 	return wr
 }
@@ -274,59 +217,6 @@ func (r *report) missingWhy(w *workloadResult, pair string) string {
 		}
 	}
 	return strings.Join(why, "; ")
-}
-
-// failSummary counts the failure statuses of a cell, e.g. "hang x3".
-func failSummary(c *cellResult) string {
-	counts := map[string]int{}
-	var order []string
-	for _, r := range c.Runs {
-		if r.Status == "ok" {
-			continue
-		}
-		if counts[r.Status] == 0 {
-			order = append(order, r.Status)
-		}
-		counts[r.Status]++
-	}
-	var parts []string
-	for _, s := range order {
-		parts = append(parts, fmt.Sprintf("%s x%d", s, counts[s]))
-	}
-	return strings.Join(parts, ", ")
-}
-
-func fmtCell(c *cellResult) string {
-	if c == nil {
-		return "-"
-	}
-	if c.OK == 0 {
-		return "**" + failSummary(c) + "**"
-	}
-	s := fmt.Sprintf("%s (%.1f)", thousands(*c.MedianIOPS), *c.MedianMiBps)
-	if c.OK < len(c.Runs) {
-		s += fmt.Sprintf(" [%d/%d ok; %s]", c.OK, len(c.Runs), failSummary(c))
-	}
-	return s
-}
-
-func fmtRatio(p *float64) string {
-	if p == nil {
-		return "n/a"
-	}
-	return fmt.Sprintf("%.2fx", *p)
-}
-
-func thousands(f float64) string {
-	s := fmt.Sprintf("%.0f", f)
-	var b strings.Builder
-	for i, ch := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(ch)
-	}
-	return b.String()
 }
 
 func (r *report) targetNames() []string {
@@ -512,34 +402,9 @@ func commandLine(args []string) string {
 	return strings.Join(parts, " ")
 }
 
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=,:@+", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
 func machine() machineInfo {
-	m := machineInfo{NProc: runtime.NumCPU(), Go: runtime.Version(), LoadStart: loadavg()}
-	m.Kernel = strings.TrimSpace(readFile("/proc/sys/kernel/osrelease"))
-	for _, line := range strings.Split(readFile("/proc/cpuinfo"), "\n") {
-		if strings.HasPrefix(line, "model name") {
-			if i := strings.IndexByte(line, ':'); i >= 0 {
-				m.CPU = strings.TrimSpace(line[i+1:])
-			}
-			break
-		}
-	}
-	for _, line := range strings.Split(readFile("/proc/meminfo"), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
-			var kib int64
-			fmt.Sscan(f[1], &kib)
-			m.MemTotal = fmt.Sprintf("%.1f GiB", float64(kib)/(1<<20))
-		}
-	}
-	m.Qemu = firstLine(cmdOut("qemu-img", "--version"))
+	bm := benchpkg.DescribeMachine()
+	m := machineInfo{NProc: bm.NProc, CPU: bm.CPU, MemTotal: bm.MemTotal, Kernel: bm.Kernel, Go: bm.Go, Qemu: bm.Qemu, LoadStart: loadavg()}
 	m.Tgt = firstLine(cmdOut("tgtadm", "--version"))
 	m.Gotgt = "v0.2.2"
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -553,28 +418,7 @@ func machine() machineInfo {
 }
 
 func hablockVersion(ctx context.Context, bin string) string {
-	v := firstLine(cmdOut(bin, "version"))
-	if v == "" {
-		v = "hablock"
-	}
-	if out, err := runCmd(ctx, 5*time.Second, "git", "rev-parse", "--short", "HEAD"); err == nil {
-		v += " (git " + strings.TrimSpace(out)
-		if st, err := runCmd(ctx, 5*time.Second, "git", "status", "--porcelain", "--untracked-files=no"); err == nil && strings.TrimSpace(st) != "" {
-			v += ", dirty"
-		}
-		v += ")"
-	}
-	return v
-}
-
-// busy reports whether a "1m 5m 15m" load average string has a 1-minute
-// load above nproc.
-func busy(load string, nproc int) bool {
-	var l1 float64
-	if _, err := fmt.Sscan(load, &l1); err != nil {
-		return false
-	}
-	return l1 > float64(nproc)
+	return benchpkg.HablockVersion(ctx, bin)
 }
 
 // loadReport reads a report written with --json.
@@ -588,32 +432,4 @@ func loadReport(path string) (*report, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return &r, nil
-}
-
-func loadavg() string {
-	f := strings.Fields(readFile("/proc/loadavg"))
-	if len(f) < 3 {
-		return "?"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-func readFile(p string) string {
-	b, _ := os.ReadFile(p)
-	return string(b)
-}
-
-func cmdOut(argv ...string) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	out, _ := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
-	return string(out)
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	return s
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -28,16 +27,6 @@ type target interface {
 
 const startTimeout = 15 * time.Second
 
-// iscsiOpts is the --image-opts string for an iSCSI LUN on 127.0.0.1.
-func iscsiOpts(port int, iqn string, lun int) string {
-	return fmt.Sprintf("driver=iscsi,transport=tcp,portal=127.0.0.1:%d,target=%s,lun=%d", port, iqn, lun)
-}
-
-func iscsiArgv(w workload, port int, iqn string, lun int) []string {
-	return append(append([]string{"qemu-img"}, w.benchArgs()...),
-		"-t", "none", "--image-opts", iscsiOpts(port, iqn, lun))
-}
-
 // ---- raw file ----
 
 type rawTarget struct{ file string }
@@ -50,7 +39,7 @@ func (t *rawTarget) start(context.Context) error { return nil }
 func (t *rawTarget) proc() *server               { return nil }
 func (t *rawTarget) stop()                       {}
 func (t *rawTarget) argv(w workload) []string {
-	return append(append([]string{"qemu-img"}, w.benchArgs()...),
+	return append(append([]string{"qemu-img"}, w.BenchArgs()...),
 		"-f", "raw", "-t", "none", "-i", "native", t.file)
 }
 
@@ -106,8 +95,8 @@ func (t *tgtTarget) start(ctx context.Context) error {
 		if err = adm("--op", "show", "--mode", "sys"); err == nil {
 			break
 		}
-		if done, how := t.srv.exited(); done {
-			return fmt.Errorf("tgtd exited (%s); log:\n%s", how, t.srv.logTail(15))
+		if done, how := t.srv.Exited(); done {
+			return fmt.Errorf("tgtd exited (%s); log:\n%s", how, t.srv.LogTail(15))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("tgtd control port %d not ready: %v", t.ctl, err)
@@ -131,7 +120,7 @@ func (t *tgtTarget) stop() {
 	if t.srv == nil {
 		return
 	}
-	t.srv.stop(3 * time.Second)
+	t.srv.Stop(3 * time.Second)
 	for _, p := range []string{"", ".lock"} {
 		_ = os.Remove(fmt.Sprintf("/var/run/tgtd/socket.%d%s", t.ctl, p))
 	}
@@ -157,7 +146,7 @@ func (t *gotgtTarget) describe() string {
 }
 func (t *gotgtTarget) proc() *server { return t.srv }
 func (t *gotgtTarget) argv(w workload) []string {
-	return append([]string{"nsenter", "--net=/proc/" + strconv.Itoa(t.srv.pid()) + "/ns/net", "--"},
+	return append([]string{"nsenter", "--net=/proc/" + strconv.Itoa(t.srv.Pid()) + "/ns/net", "--"},
 		iscsiArgv(w, t.port, t.iqn, 0)...)
 }
 
@@ -180,11 +169,11 @@ func (t *gotgtTarget) start(ctx context.Context) error {
 		if b, err := os.ReadFile(readyPath); err == nil && strings.TrimSpace(string(b)) == gotgtReady {
 			return nil
 		}
-		if done, how := t.srv.exited(); done {
-			return fmt.Errorf("gotgt helper exited (%s); log:\n%s", how, t.srv.logTail(15))
+		if done, how := t.srv.Exited(); done {
+			return fmt.Errorf("gotgt helper exited (%s); log:\n%s", how, t.srv.LogTail(15))
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("gotgt helper not ready after %v; log:\n%s", startTimeout, t.srv.logTail(15))
+			return fmt.Errorf("gotgt helper not ready after %v; log:\n%s", startTimeout, t.srv.LogTail(15))
 		}
 		select {
 		case <-ctx.Done():
@@ -196,7 +185,7 @@ func (t *gotgtTarget) start(ctx context.Context) error {
 
 func (t *gotgtTarget) stop() {
 	if t.srv != nil {
-		t.srv.stop(2 * time.Second)
+		t.srv.Stop(2 * time.Second)
 		t.srv = nil
 	}
 }
@@ -236,39 +225,7 @@ func (t *hablockTarget) start(ctx context.Context) error {
 
 func (t *hablockTarget) stop() {
 	if t.srv != nil {
-		t.srv.stop(7 * time.Second) // export's default --shutdown-grace is 5 s
+		t.srv.Stop(7 * time.Second) // export's default --shutdown-grace is 5 s
 		t.srv = nil
 	}
-}
-
-// ---- backing files ----
-
-// prefill writes size bytes of pseudo-random data (one 1 MiB block,
-// repeated) to path and fdatasyncs it, so that every target starts from a
-// fully allocated, identically written file and reads return written data.
-func prefill(path string, size int64, block []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	w := bufio.NewWriterSize(f, len(block))
-	for off := int64(0); off < size; off += int64(len(block)) {
-		n := int64(len(block))
-		if size-off < n {
-			n = size - off
-		}
-		if _, err := w.Write(block[:n]); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -24,11 +24,11 @@ func TestParseBenchOutput(t *testing.T) {
 		t.Fatalf("got %+v, want %+v", b, want)
 	}
 	w := workload{Write: true, Count: 20000, BlockSize: 4096, QueueDepth: 16}
-	if err := b.check(w); err != nil {
+	if err := b.Check(w); err != nil {
 		t.Fatalf("check: %v", err)
 	}
 	w.QueueDepth = 1
-	if err := b.check(w); err == nil {
+	if err := b.Check(w); err == nil {
 		t.Fatal("check accepted a different queue depth")
 	}
 

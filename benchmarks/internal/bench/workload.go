@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"fmt"
@@ -8,8 +8,8 @@ import (
 	"strconv"
 )
 
-// workload is one qemu-img bench configuration.
-type workload struct {
+// Workload is one qemu-img bench configuration.
+type Workload struct {
 	Name       string `json:"name"`        // e.g. "w4k-qd16"
 	Write      bool   `json:"write"`       // -w
 	BlockSize  int    `json:"block_size"`  // -s and -S, bytes
@@ -17,19 +17,19 @@ type workload struct {
 	Count      int    `json:"count"`       // -c
 }
 
-// label is the human-readable form used in the table.
-func (w workload) label() string {
+// Label is the human-readable form used in the table.
+func (w Workload) Label() string {
 	op := "read"
 	if w.Write {
 		op = "write"
 	}
-	return fmt.Sprintf("%s %s qd%d", sizeLabel(int64(w.BlockSize)), op, w.QueueDepth)
+	return fmt.Sprintf("%s %s qd%d", SizeLabel(int64(w.BlockSize)), op, w.QueueDepth)
 }
 
-// benchArgs is the qemu-img argument list up to (not including) the image:
+// BenchArgs is the qemu-img argument list up to (not including) the image:
 // the caller appends either "-f raw -t none -i native FILE" or
 // "-t none --image-opts OPTS".
-func (w workload) benchArgs() []string {
+func (w Workload) BenchArgs() []string {
 	args := []string{"bench"}
 	if w.Write {
 		args = append(args, "-w")
@@ -41,11 +41,11 @@ func (w workload) benchArgs() []string {
 		"-s", bs, "-S", bs)
 }
 
-// defaultWorkloads are the issue's five workloads, in the order they run.
+// DefaultWorkloads are the issue's five workloads, in the order they run.
 // Counts aim at 2-4 s per run against tgt over loopback on the 2-core
 // testbed (tgt: ~9.5k IOPS qd1 writes, ~31k/42k IOPS qd16 writes/reads).
-func defaultWorkloads() []workload {
-	return []workload{
+func DefaultWorkloads() []Workload {
+	return []Workload{
 		{Name: "w4k-qd1", Write: true, BlockSize: 4096, QueueDepth: 1, Count: 25000},
 		{Name: "w4k-qd16", Write: true, BlockSize: 4096, QueueDepth: 16, Count: 110000},
 		{Name: "r4k-qd1", Write: false, BlockSize: 4096, QueueDepth: 1, Count: 25000},
@@ -54,8 +54,8 @@ func defaultWorkloads() []workload {
 	}
 }
 
-// benchOutput is what qemu-img bench printed.
-type benchOutput struct {
+// BenchOutput is what qemu-img bench printed.
+type BenchOutput struct {
 	Write      bool
 	Count      int
 	BlockSize  int
@@ -68,10 +68,10 @@ var (
 	completedRE = regexp.MustCompile(`Run completed in ([0-9]+(?:\.[0-9]+)?) seconds\.`)
 )
 
-// parseBenchOutput extracts the request parameters and the elapsed time
+// ParseBenchOutput extracts the request parameters and the elapsed time
 // from qemu-img bench's stdout.
-func parseBenchOutput(out string) (benchOutput, error) {
-	var b benchOutput
+func ParseBenchOutput(out string) (BenchOutput, error) {
+	var b BenchOutput
 	m := sendingRE.FindStringSubmatch(out)
 	if m == nil {
 		return b, fmt.Errorf("no %q line in qemu-img output", "Sending ...")
@@ -95,32 +95,32 @@ func parseBenchOutput(out string) (benchOutput, error) {
 	return b, nil
 }
 
-// check verifies that qemu-img ran what was asked.
-func (b benchOutput) check(w workload) error {
+// Check verifies that qemu-img ran what was asked.
+func (b BenchOutput) Check(w Workload) error {
 	if b.Write != w.Write || b.Count != w.Count || b.BlockSize != w.BlockSize || b.QueueDepth != w.QueueDepth {
 		return fmt.Errorf("qemu-img ran %d %v requests of %d bytes at depth %d, want %d %v of %d at %d",
-			b.Count, rwName(b.Write), b.BlockSize, b.QueueDepth, w.Count, rwName(w.Write), w.BlockSize, w.QueueDepth)
+			b.Count, RWName(b.Write), b.BlockSize, b.QueueDepth, w.Count, RWName(w.Write), w.BlockSize, w.QueueDepth)
 	}
 	return nil
 }
 
-func rwName(write bool) string {
+func RWName(write bool) string {
 	if write {
 		return "write"
 	}
 	return "read"
 }
 
-// iops and mibps of a run of count requests of size bytes in seconds.
-func iops(count int, seconds float64) float64 { return float64(count) / seconds }
+// IOPS and MiBps of a run of count requests of size bytes in seconds.
+func IOPS(count int, seconds float64) float64 { return float64(count) / seconds }
 
-func mibps(count, size int, seconds float64) float64 {
+func MiBps(count, size int, seconds float64) float64 {
 	return float64(count) * float64(size) / (1 << 20) / seconds
 }
 
-// median of xs (mean of the two middle values for an even length); NaN for
+// Median of xs (mean of the two middle values for an even length); NaN for
 // an empty slice. xs is not modified.
-func median(xs []float64) float64 {
+func Median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return math.NaN()
 	}
@@ -133,16 +133,16 @@ func median(xs []float64) float64 {
 	return (s[n/2-1] + s[n/2]) / 2
 }
 
-// ratio a/b, NaN when either is missing (NaN) or b is not positive.
-func ratio(a, b float64) float64 {
+// Ratio a/b, NaN when either is missing (NaN) or b is not positive.
+func Ratio(a, b float64) float64 {
 	if math.IsNaN(a) || math.IsNaN(b) || b <= 0 {
 		return math.NaN()
 	}
 	return a / b
 }
 
-// sizeLabel prints 4096 as "4 KiB", 1<<20 as "1 MiB".
-func sizeLabel(n int64) string {
+// SizeLabel prints 4096 as "4 KiB", 1<<20 as "1 MiB".
+func SizeLabel(n int64) string {
 	switch {
 	case n >= 1<<30 && n%(1<<30) == 0:
 		return fmt.Sprintf("%d GiB", n>>30)

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -10,24 +10,24 @@ import (
 	"time"
 )
 
-// memStatus holds the memory fields of /proc/PID/status, in KiB.
-type memStatus struct {
+// MemStatus holds the memory fields of /proc/PID/status, in KiB.
+type MemStatus struct {
 	VmRSS int64 // resident set size now
 	VmHWM int64 // peak resident set size over the process's life
 }
 
-// readMemStatus reads VmRSS and VmHWM of pid.
-func readMemStatus(pid int) (memStatus, error) {
+// ReadMemStatus reads VmRSS and VmHWM of pid.
+func ReadMemStatus(pid int) (MemStatus, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return memStatus{}, err
+		return MemStatus{}, err
 	}
 	defer f.Close()
-	return parseMemStatus(bufio.NewScanner(f))
+	return ParseMemStatus(bufio.NewScanner(f))
 }
 
-func parseMemStatus(sc *bufio.Scanner) (memStatus, error) {
-	var m memStatus
+func ParseMemStatus(sc *bufio.Scanner) (MemStatus, error) {
+	var m MemStatus
 	found := 0
 	for sc.Scan() {
 		line := sc.Text()
@@ -60,17 +60,18 @@ func parseMemStatus(sc *bufio.Scanner) (memStatus, error) {
 	return m, nil
 }
 
-// rssSampler polls /proc/PID/status while a run is under way and keeps the
+// RSSSampler polls /proc/PID/status while a run is under way and keeps the
 // largest VmRSS seen; stop returns it with the VmHWM read at the end.
-type rssSampler struct {
+type RSSSampler struct {
 	pid    int
 	stopCh chan struct{}
 	wg     sync.WaitGroup
 	maxRSS int64
 }
 
-func startRSSSampler(pid int, every time.Duration) *rssSampler {
-	s := &rssSampler{pid: pid, stopCh: make(chan struct{})}
+// StartRSSSampler starts sampling pid every period (nothing for pid <= 0).
+func StartRSSSampler(pid int, every time.Duration) *RSSSampler {
+	s := &RSSSampler{pid: pid, stopCh: make(chan struct{})}
 	if pid <= 0 {
 		return s
 	}
@@ -92,22 +93,22 @@ func startRSSSampler(pid int, every time.Duration) *rssSampler {
 	return s
 }
 
-func (s *rssSampler) sample() {
-	if m, err := readMemStatus(s.pid); err == nil && m.VmRSS > s.maxRSS {
+func (s *RSSSampler) sample() {
+	if m, err := ReadMemStatus(s.pid); err == nil && m.VmRSS > s.maxRSS {
 		s.maxRSS = m.VmRSS
 	}
 }
 
-// stop ends sampling and returns the peak sampled VmRSS and the process's
+// Stop ends sampling and returns the peak sampled VmRSS and the process's
 // VmHWM at this moment (both KiB; 0 when unknown, e.g. the process exited).
-func (s *rssSampler) stop() (maxRSS, hwm int64) {
+func (s *RSSSampler) Stop() (maxRSS, hwm int64) {
 	if s.pid <= 0 {
 		return 0, 0
 	}
 	close(s.stopCh)
 	s.wg.Wait()
 	s.sample()
-	if m, err := readMemStatus(s.pid); err == nil {
+	if m, err := ReadMemStatus(s.pid); err == nil {
 		hwm = m.VmHWM
 	}
 	return s.maxRSS, hwm

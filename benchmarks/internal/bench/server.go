@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"time"
 )
 
-// server is a long-running target process started by the benchmark.
-type server struct {
+// Server is a long-running target process started by the benchmark.
+type Server struct {
 	name    string
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -22,11 +22,11 @@ type server struct {
 	logFile *os.File
 }
 
-// startServer starts argv with stdout and stderr appended to logPath. The
+// StartServer starts argv with stdout and stderr appended to logPath. The
 // child gets its own process group (so a terminal ^C reaches only the
 // benchmark, which then stops it in order) and is killed if the benchmark
 // dies without cleaning up.
-func startServer(name, logPath string, argv []string, cloneflags uintptr) (*server, error) {
+func StartServer(name, logPath string, argv []string, cloneflags uintptr) (*Server, error) {
 	lf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -44,7 +44,7 @@ func startServer(name, logPath string, argv []string, cloneflags uintptr) (*serv
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	s := &server{name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath, logFile: lf}
+	s := &Server{name: name, cmd: cmd, done: make(chan struct{}), logPath: logPath, logFile: lf}
 	go func() {
 		s.waitErr = cmd.Wait()
 		close(s.done)
@@ -52,10 +52,10 @@ func startServer(name, logPath string, argv []string, cloneflags uintptr) (*serv
 	return s, nil
 }
 
-func (s *server) pid() int { return s.cmd.Process.Pid }
+func (s *Server) Pid() int { return s.cmd.Process.Pid }
 
-// exited reports whether the process has ended, and how.
-func (s *server) exited() (bool, string) {
+// Exited reports whether the process has ended, and how.
+func (s *Server) Exited() (bool, string) {
 	select {
 	case <-s.done:
 		if s.waitErr == nil {
@@ -67,9 +67,9 @@ func (s *server) exited() (bool, string) {
 	}
 }
 
-// stop sends SIGTERM, waits up to grace, then SIGKILLs the process group.
-func (s *server) stop(grace time.Duration) {
-	if done, _ := s.exited(); !done {
+// Stop sends SIGTERM, waits up to grace, then SIGKILLs the process group.
+func (s *Server) Stop(grace time.Duration) {
+	if done, _ := s.Exited(); !done {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-s.done:
@@ -83,8 +83,8 @@ func (s *server) stop(grace time.Duration) {
 	s.logFile.Close()
 }
 
-// logTail returns the last n lines of the server's log.
-func (s *server) logTail(n int) string {
+// LogTail returns the last n lines of the server's log.
+func (s *Server) LogTail(n int) string {
 	b, err := os.ReadFile(s.logPath)
 	if err != nil {
 		return ""
@@ -96,9 +96,9 @@ func (s *server) logTail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// waitListening dials addr until it accepts a connection (then closes it),
+// WaitListening dials addr until it accepts a connection (then closes it),
 // the server exits, or timeout passes.
-func waitListening(ctx context.Context, s *server, addr string, timeout time.Duration) error {
+func WaitListening(ctx context.Context, s *Server, addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
@@ -107,8 +107,8 @@ func waitListening(ctx context.Context, s *server, addr string, timeout time.Dur
 			return nil
 		}
 		if s != nil {
-			if done, how := s.exited(); done {
-				return fmt.Errorf("%s exited before listening on %s (%s); log:\n%s", s.name, addr, how, s.logTail(15))
+			if done, how := s.Exited(); done {
+				return fmt.Errorf("%s exited before listening on %s (%s); log:\n%s", s.name, addr, how, s.LogTail(15))
 			}
 		}
 		if time.Now().After(deadline) {
@@ -122,8 +122,8 @@ func waitListening(ctx context.Context, s *server, addr string, timeout time.Dur
 	}
 }
 
-// freeLoopbackPort asks the kernel for an unused 127.0.0.1 port.
-func freeLoopbackPort() (int, error) {
+// FreeLoopbackPort asks the kernel for an unused 127.0.0.1 port.
+func FreeLoopbackPort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -132,8 +132,8 @@ func freeLoopbackPort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// runCmd runs a short helper command and returns its combined output.
-func runCmd(ctx context.Context, timeout time.Duration, argv ...string) (string, error) {
+// RunCmd runs a short helper command and returns its combined output.
+func RunCmd(ctx context.Context, timeout time.Duration, argv ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
@@ -143,16 +143,16 @@ func runCmd(ctx context.Context, timeout time.Duration, argv ...string) (string,
 	return string(out), nil
 }
 
-// qemuResult is the outcome of one qemu-img invocation.
-type qemuResult struct {
-	out     string
-	timeout bool
-	err     error
+// QemuResult is the outcome of one qemu-img invocation.
+type QemuResult struct {
+	Out     string
+	Timeout bool
+	Err     error
 }
 
-// runQemu runs argv with a hard timeout; on timeout the whole process group
+// RunQemu runs argv with a hard timeout; on timeout the whole process group
 // is killed, so a target that stops answering cannot block the benchmark.
-func runQemu(ctx context.Context, argv []string, timeout time.Duration) qemuResult {
+func RunQemu(ctx context.Context, argv []string, timeout time.Duration) QemuResult {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(rctx, argv[0], argv[1:]...)
@@ -163,9 +163,12 @@ func runQemu(ctx context.Context, argv []string, timeout time.Duration) qemuResu
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
-	r := qemuResult{out: buf.String(), err: err}
+	r := QemuResult{Out: buf.String(), Err: err}
 	if err != nil && errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
-		r.timeout = true
+		r.Timeout = true
 	}
 	return r
 }
+
+// Name is the name the server was started with.
+func (s *Server) Name() string { return s.name }
