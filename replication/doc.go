@@ -13,7 +13,11 @@
 //     parallel and complete per Config.Protocol; losing the peer marks
 //     the bitmap instead of failing I/O; a local I/O error detaches the
 //     local disk and I/O continues through the peer. Status() is the
-//     observable state. Persistence is the caller's, through Hooks.
+//     observable state. Persistence is the caller's, through Hooks,
+//     including the optional activity log (Hooks.BeforeWrite/AfterWrite:
+//     an extent is durably hot before a write to it is issued, and a
+//     crashed Primary's hot extents, State.ActivityLog, are marked out
+//     of sync at restart so only they and the bitmap are resynced).
 //   - link.go: Attach runs one connection (handshake, Decide, bitmap
 //     exchange, SyncUUID, then reader/writer/pinger goroutines); Run
 //     reconnects with exponential backoff.

@@ -73,6 +73,9 @@ type pendingWrite struct {
 	start     time.Time
 	done      chan error // buffered 1; sent to once
 	signalled bool       // under link.mu
+	// al is released once the write leaves writes: acked on the peer's
+	// disk, or marked out of sync (nil without an activity log).
+	al *alRef
 }
 
 type pendingFlush struct {
@@ -191,7 +194,7 @@ func (l *link) sendLocked(m Message) error {
 
 // startWrite registers and queues a replicated write; nil if the link
 // is gone (the caller then marks the range out of sync).
-func (l *link) startWrite(off, n uint64, data []byte, discard bool) *pendingWrite {
+func (l *link) startWrite(off, n uint64, data []byte, discard bool, al *alRef) *pendingWrite {
 	l.sendMu.Lock()
 	defer l.sendMu.Unlock()
 	l.mu.Lock()
@@ -201,7 +204,7 @@ func (l *link) startWrite(off, n uint64, data []byte, discard bool) *pendingWrit
 	}
 	l.nextID++
 	id := l.nextID
-	pw := &pendingWrite{off: off, n: n, start: time.Now(), done: make(chan error, 1)}
+	pw := &pendingWrite{off: off, n: n, start: time.Now(), done: make(chan error, 1), al: al}
 	l.writes[id] = pw
 	if l.proto != ProtocolC {
 		l.epochIDs[l.epoch] = append(l.epochIDs[l.epoch], id)
@@ -297,7 +300,8 @@ func (l *link) handleWriteAck(m *WriteAck) error {
 			l.mu.Unlock()
 			return fmt.Errorf("ack for unknown write %d", id)
 		}
-		if l.proto == ProtocolC || m.Status != StatusOK {
+		done := l.proto == ProtocolC || m.Status != StatusOK
+		if done {
 			delete(l.writes, id)
 		}
 		sig := !pw.signalled
@@ -307,6 +311,9 @@ func (l *link) handleWriteAck(m *WriteAck) error {
 			l.log.Warn("peer failed a write; marking out of sync", "off", pw.off, "len", pw.n, "status", m.Status.String())
 			l.v.markDirty(pw.off, pw.n)
 		}
+		if done {
+			pw.al.release()
+		}
 		if sig {
 			pw.done <- statusErr(m.Status)
 		}
@@ -315,15 +322,24 @@ func (l *link) handleWriteAck(m *WriteAck) error {
 }
 
 func (l *link) handleBarrierAck(m *BarrierAck) {
+	var stable []*pendingWrite
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	for e, ids := range l.epochIDs {
 		if e <= m.Nr {
 			for _, id := range ids {
-				delete(l.writes, id)
+				if pw := l.writes[id]; pw != nil {
+					if pw.al != nil {
+						stable = append(stable, pw)
+					}
+					delete(l.writes, id)
+				}
 			}
 			delete(l.epochIDs, e)
 		}
+	}
+	l.mu.Unlock()
+	for _, pw := range stable {
+		pw.al.release()
 	}
 }
 
@@ -618,6 +634,7 @@ func (l *link) teardown() {
 	l.log.Warn("peer connection lost; volume degraded", "err", l.err, "unacked_bytes", dirty)
 
 	for _, pw := range writes {
+		pw.al.release() // marked out of sync above
 		if !pw.signalled {
 			pw.done <- ErrPeerGone
 		}
@@ -729,6 +746,13 @@ func (l *link) connect(ctx context.Context) error {
 		return fmt.Errorf("%w: send handshake: %w", ErrPeerGone, err)
 	}
 
+	// Another volume is fatal whatever changed here meanwhile: checked
+	// first so that a concurrent promote cannot turn it into a retry.
+	if peer.VolumeUUID != hs.VolumeUUID {
+		return l.refuse(DisconnectUnrelated, fmt.Errorf("%w: local volume %v, peer %q has volume %v",
+			ErrVolumeMismatch, v.uuid, peer.NodeName, uuidString(peer.VolumeUUID)))
+	}
+
 	// Only a peer that sent a valid handshake makes new writes wait: a
 	// stray client on the port cannot stall the volume. If our GIs or
 	// disk moved since we sent them (a degraded write started a new
@@ -740,10 +764,6 @@ func (l *link) connect(ctx context.Context) error {
 	v.mu.Unlock()
 	if moved {
 		return l.refuse(DisconnectShutdown, fmt.Errorf("%w: local state changed during handshake; retrying", ErrPeerGone))
-	}
-	if peer.VolumeUUID != hs.VolumeUUID {
-		return l.refuse(DisconnectUnrelated, fmt.Errorf("%w: local volume %v, peer %q has volume %v",
-			ErrVolumeMismatch, v.uuid, peer.NodeName, uuidString(peer.VolumeUUID)))
 	}
 	switch {
 	case max(peer.MinProto, hs.MinProto) > min(peer.MaxProto, hs.MaxProto):

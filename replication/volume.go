@@ -75,14 +75,34 @@ type State struct {
 	// Bitmap is the persisted out-of-sync bitmap (nil: all clean). Its
 	// geometry must match the device and Config.BlockSize. The volume
 	// owns it afterwards.
-	Bitmap         *Bitmap
+	Bitmap *Bitmap
+	// CrashedPrimary: the node was Primary when it went down without a
+	// clean demote or stop (the caller persists this flag while Primary
+	// and clears it on Demote or a clean stop). It is sent in the
+	// handshake: with the same generation on both sides, the crashed
+	// Primary becomes the bitmap sync source (Decide, rule 40).
 	CrashedPrimary bool
-	DiscardMyData  bool
+	// ActivityLog, read only when CrashedPrimary, is the activity log's
+	// hot extents as persisted when the node went down (see
+	// Hooks.BeforeWrite): the only places where a write may have reached
+	// the local disk and not the peer. NewVolume marks them out of sync
+	// in Bitmap (DRBD applies its activity log to the bitmap on attach),
+	// so the connect-time bitmap exchange resyncs them too: from the peer
+	// if it was promoted and wrote meanwhile (its bitmap is then merged
+	// with ours, and the union is resynced to this node), or to the peer
+	// if this node is the sync source. The engine reports these bits
+	// through OnBitmapDirty only at that connect, so a caller that must
+	// survive another crash before then persists them in its bitmap
+	// first (as the agent does), or keeps the CrashedPrimary flag and the
+	// activity log until the resync ends.
+	ActivityLog   []Extent
+	DiscardMyData bool
 }
 
-// Hooks let the caller persist what must survive a crash. They run
-// synchronously, under the volume's state lock: keep them short and do
-// not call back into the Volume.
+// Hooks let the caller persist what must survive a crash. OnGenIDs,
+// OnBitmapDirty and OnBitmapClean run synchronously, under the volume's
+// state lock: keep them short and do not call back into the Volume.
+// BeforeWrite and AfterWrite (the activity log) run outside it.
 type Hooks struct {
 	// OnGenIDs is called with the new GIs whenever they change, before
 	// anything is done in the new generation.
@@ -95,6 +115,59 @@ type Hooks struct {
 	// is set but should not be costs only a redundant resync, but without
 	// it a crashed sync target restarts its resync from the beginning.
 	OnBitmapClean func(off, n uint64)
+
+	// BeforeWrite and AfterWrite drive the caller's activity log (DRBD's
+	// AL; blockdev/meta.ActivityLog is one). Unlike the hooks above they
+	// are not called under the volume's lock but from the write path,
+	// concurrently, and may block. Both nil: no activity log (then a
+	// crashed Primary resyncs only what its bitmap recorded).
+	//
+	// BeforeWrite is called on the Primary for each piece of a WriteAt or
+	// Discard, [off, off+n), before it is issued to the local disk or
+	// sent to the peer. It must return only once every extent the range
+	// touches is durably recorded hot (a synced metadata write when one
+	// was cold). An error fails the piece with nothing written.
+	//
+	// AfterWrite is called exactly once for each successful BeforeWrite,
+	// with the same range, once the piece can no longer differ between
+	// the nodes without the bitmap saying so: the local write has
+	// completed (or failed) and the peer has it on disk (protocol C:
+	// its WriteAck; A and B: the BarrierAck of its epoch), or the range
+	// was marked out of sync (OnBitmapDirty returned) because the peer
+	// failed it, the link was lost, or there was none. It may run on a
+	// link goroutine; it must not block for long nor call the Volume.
+	BeforeWrite func(off, n uint64) error
+	AfterWrite  func(off, n uint64)
+}
+
+// alRef calls AfterWrite once both the local write and the peer's side
+// of a piece are done (refs starts at 2).
+type alRef struct {
+	refs   atomic.Int32
+	off, n uint64
+	after  func(off, n uint64)
+}
+
+func newALRef(after func(off, n uint64), off, n uint64) *alRef {
+	if after == nil {
+		return nil
+	}
+	r := &alRef{off: off, n: n, after: after}
+	r.refs.Store(2)
+	return r
+}
+
+// release drops one reference; nil-safe.
+func (r *alRef) release() {
+	if r == nil {
+		return
+	}
+	switch left := r.refs.Add(-1); {
+	case left == 0:
+		r.after(r.off, r.n)
+	case left < 0:
+		panic("replication: activity log reference released twice")
+	}
 }
 
 // Volume is one node's replicated volume. On the Primary it implements
@@ -194,6 +267,12 @@ func NewVolume(dev blockdev.Device, st State, cfg Config, log *slog.Logger) (*Vo
 	}
 	if st.CrashedPrimary {
 		v.flags |= FlagCrashedPrimary
+		for _, e := range st.ActivityLog {
+			if e.Len == 0 || e.Off >= size {
+				continue
+			}
+			bm.Set(e.Off, min(e.Len, size-e.Off))
+		}
 	}
 	if st.DiscardMyData {
 		v.flags |= FlagDiscardMyData
@@ -561,16 +640,30 @@ func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
 	v.inflight.acquire(int64(len(p)))
 	defer v.inflight.release(int64(len(p)))
 
+	// The activity log first: nothing of this piece may reach the local
+	// disk (or the peer) before its extent is durably hot.
+	v.mu.Lock()
+	before, after := v.hooks.BeforeWrite, v.hooks.AfterWrite
+	v.mu.Unlock()
+	var ar *alRef
+	if before != nil {
+		if err := before(off, n); err != nil {
+			return fmt.Errorf("replication: write offset %d length %d: activity log: %w", off, n, err)
+		}
+		ar = newALRef(after, off, n)
+	}
+
 	v.gate.RLock()
 	l := v.curLink()
 	lo, hi := v.blockRange(off, n)
 	h := v.locks.lock(lo, hi)
 	var pw *pendingWrite
 	if l != nil {
-		pw = l.startWrite(off, n, p, discard)
+		pw = l.startWrite(off, n, p, discard, ar)
 	}
 	if pw == nil {
 		v.markDirty(off, n)
+		ar.release() // the peer's side: recorded in the bitmap
 	}
 	var localErr error
 	if v.localOK() {
@@ -584,6 +677,7 @@ func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
 	}
 	v.locks.unlock(h)
 	v.gate.RUnlock()
+	ar.release() // the local side: completed or failed
 
 	v.writes.Add(1)
 	v.bytesWritten.Add(n)
