@@ -37,7 +37,6 @@ var (
 	prefill          = benchpkg.Prefill
 	busy             = benchpkg.Busy
 	loadavg          = benchpkg.Loadavg
-	readFile         = benchpkg.ReadFile
 	cmdOut           = benchpkg.CmdOut
 	failSummary      = benchpkg.FailSummary
 	fmtCell          = benchpkg.FmtCell
