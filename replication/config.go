@@ -97,10 +97,11 @@ type Config struct {
 	// foreground writes are in flight (default true).
 	ResyncDynamic bool
 	// ResyncChunk is the largest range one ResyncData carries (default
-	// 256 KiB; at most MaxData, a multiple of BlockSize).
+	// MaxData, 1 MiB: fewer, larger requests; at most MaxData, a
+	// multiple of BlockSize).
 	ResyncChunk int
 	// ResyncInflight caps unacknowledged ResyncData and VerifyRequest
-	// messages (default 8): enough to fill a LAN pipe without building
+	// messages (default 16): enough to fill a LAN pipe without building
 	// a queue that delays foreground writes.
 	ResyncInflight int
 
@@ -139,8 +140,8 @@ func DefaultConfig() Config {
 		ResyncRate:        250 << 20,
 		ResyncMinRate:     32 << 20,
 		ResyncDynamic:     true,
-		ResyncChunk:       256 << 10,
-		ResyncInflight:    8,
+		ResyncChunk:       MaxData,
+		ResyncInflight:    16,
 		VerifyChunk:       256 << 10,
 	}
 }

@@ -1072,12 +1072,21 @@ func TestFailoverAndReturn(t *testing.T) {
 	ca, cb = tcpPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	wg.Add(2)
-	go func() { defer wg.Done(); a2.v.Attach(ctx, ca) }()
-	go func() { defer wg.Done(); b.v.Attach(ctx, cb) }()
-	waitFor(t, "resync to the old primary", 5*time.Second, func() bool {
+	var errA, errB atomic.Value
+	go func() { defer wg.Done(); errA.Store(fmt.Sprint(a2.v.Attach(ctx, ca))) }()
+	go func() { defer wg.Done(); errB.Store(fmt.Sprint(b.v.Attach(ctx, cb))) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		s := a2.v.Status()
-		return s.Repl == Established && s.Disk == UpToDate && b.v.Status().OutOfSyncBytes == 0
-	})
+		if s.Repl == Established && s.Disk == UpToDate && b.v.Status().OutOfSyncBytes == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for resync to the old primary:\nold primary %+v\nnew primary %+v\nattach errors: old %v, new %v",
+				s, b.v.Status(), errA.Load(), errB.Load())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 	if moved := b.v.resyncBytes.Load(); moved != 3*DefaultBlockSize {
 		t.Fatalf("resync moved %d bytes, want the 3 blocks written alone", moved)
 	}

@@ -3,11 +3,13 @@ package replication
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -30,6 +32,7 @@ const (
 type link struct {
 	v     *Volume
 	conn  net.Conn
+	br    *bufio.Reader // buffers reads from conn: one syscall for many frames
 	log   *slog.Logger
 	proto Protocol
 
@@ -91,6 +94,7 @@ type pendingRead struct {
 func newLink(v *Volume, conn net.Conn) *link {
 	l := &link{
 		v: v, conn: conn, proto: v.cfg.Protocol,
+		br:        bufio.NewReaderSize(conn, 64<<10),
 		log:       v.log.With("peer", conn.RemoteAddr().String()),
 		sendq:     make(chan []byte, v.cfg.MaxInflightWrites+2*v.cfg.ResyncInflight+64),
 		dead:      make(chan struct{}),
@@ -144,15 +148,30 @@ func (l *link) writeDirect(m Message) error {
 // readFrame reads one frame and checks its sequence number; only one
 // goroutine reads at a time (Attach, then the reader).
 func (l *link) readFrame() (Frame, error) {
-	f, _, err := ReadFrame(l.conn, MaxPayload, nil)
+	f, _, err := l.readFrameBuf()
+	return f, err
+}
+
+// readFrameBuf is readFrame that also returns the buffer f aliases; a
+// data frame's buffer comes from the frame pools (see putFrameBuf).
+func (l *link) readFrameBuf() (Frame, []byte, error) {
+	var buf []byte
+	// Only a size hint: ReadFrame checks the header (CRC, length
+	// bound) before using the buffer.
+	if hdr, err := l.br.Peek(HeaderSize); err == nil {
+		if n := int(binary.BigEndian.Uint32(hdr[20:24])); n <= MaxPayload {
+			buf = getFrameBuf(HeaderSize + n)
+		}
+	}
+	f, buf, err := ReadFrame(l.br, MaxPayload, buf)
 	if err != nil {
-		return f, err
+		return f, buf, err
 	}
 	if f.Seq != l.recvSeq+1 {
-		return f, fmt.Errorf("%w: sequence %d, want %d", ErrMalformed, f.Seq, l.recvSeq+1)
+		return f, buf, fmt.Errorf("%w: sequence %d, want %d", ErrMalformed, f.Seq, l.recvSeq+1)
 	}
 	l.recvSeq = f.Seq
-	return f, nil
+	return f, buf, nil
 }
 
 // send queues m for the writer. It fails only when the link is dead.
@@ -176,7 +195,7 @@ func (l *link) sendLocked(m Message) error {
 	if l.isDead() {
 		return fmt.Errorf("send %v: %w", m.Type(), ErrPeerGone)
 	}
-	b, err := AppendFrame(nil, l.sendSeq+1, 0, m)
+	b, err := AppendFrame(getFrameBuf(frameSizeHint(m)), l.sendSeq+1, 0, m)
 	if err != nil {
 		l.fail(fmt.Errorf("encode %v: %w", m.Type(), err))
 		return err
@@ -187,6 +206,24 @@ func (l *link) sendLocked(m Message) error {
 		return nil
 	case <-l.dead:
 		return fmt.Errorf("send %v: %w", m.Type(), ErrPeerGone)
+	}
+}
+
+// sendFrame queues a frame prepared with sealPayload, setting its
+// sequence number; like send, it fails only when the link is dead.
+func (l *link) sendFrame(b []byte, t MsgType) error {
+	l.sendMu.Lock()
+	defer l.sendMu.Unlock()
+	if l.isDead() {
+		return fmt.Errorf("send %v: %w", t, ErrPeerGone)
+	}
+	sealHeader(b, l.sendSeq+1)
+	select {
+	case l.sendq <- b:
+		l.sendSeq++
+		return nil
+	case <-l.dead:
+		return fmt.Errorf("send %v: %w", t, ErrPeerGone)
 	}
 }
 
@@ -404,9 +441,9 @@ func (l *link) reader() {
 	v := l.v
 	for {
 		l.conn.SetReadDeadline(time.Now().Add(v.cfg.PingInterval + v.cfg.PingTimeout))
-		f, err := l.readFrame()
+		f, buf, err := l.readFrameBuf()
 		if err == nil {
-			if err = l.dispatch(f); err != nil && !errors.Is(err, ErrPeerGone) {
+			if err = l.dispatch(f, buf); err != nil && !errors.Is(err, ErrPeerGone) {
 				err = fmt.Errorf("%w: %v message: %w", ErrProtocol, f.Type, err)
 			}
 		} else {
@@ -436,7 +473,9 @@ func classifyReadErr(err error) error {
 	return fmt.Errorf("%w: %w", ErrPeerGone, err)
 }
 
-func (l *link) dispatch(f Frame) error {
+// dispatch handles one frame; buf is the buffer f aliases, which the
+// data paths return to the frame pools once applied.
+func (l *link) dispatch(f Frame, buf []byte) error {
 	m, err := NewMessage(f.Type)
 	if err != nil {
 		return err
@@ -453,7 +492,7 @@ func (l *link) dispatch(f Frame) error {
 		if l.proto == ProtocolB {
 			l.send(&WriteAck{Status: StatusOK, IDs: []uint64{m.ID}})
 		}
-		l.recv.submitWrite(m)
+		l.recv.submitWrite(m, buf)
 	case *Discard:
 		if v.isPrimary() {
 			return errors.New("discard sent to a primary")
@@ -487,7 +526,7 @@ func (l *link) dispatch(f Frame) error {
 		if v.isPrimary() {
 			return errors.New("resync data sent to a primary")
 		}
-		l.recv.submitResync(m)
+		l.recv.submitResync(m, buf)
 	case *VerifyRequest:
 		l.recv.submitVerify(m)
 	case *ChecksumRequest:
@@ -534,8 +573,18 @@ func (l *link) writer() {
 				return
 			}
 			n += len(b)
-			if n >= 1<<20 || len(l.sendq) == 0 {
+			putFrameBuf(b) // bw copied it or wrote it out
+			if n >= 1<<20 {
 				break
+			}
+			if len(l.sendq) == 0 {
+				// Give concurrent senders (other writers, acks being
+				// produced right now) one chance to queue before the
+				// syscall, so their frames share it.
+				runtime.Gosched()
+				if len(l.sendq) == 0 {
+					break
+				}
 			}
 			b = <-l.sendq
 		}
@@ -652,6 +701,11 @@ func (l *link) teardown() {
 
 // ---- connecting ----
 
+// errRetryNow marks (with an empty message, appended to the reason) a
+// handshake refused only because one side's state changed while it ran:
+// Run reconnects once without backing off.
+var errRetryNow = errors.New("")
+
 // fatal reports whether err means reconnecting cannot help until an
 // operator acts.
 func fatal(err error) bool {
@@ -763,7 +817,7 @@ func (l *link) connect(ctx context.Context) error {
 	moved := v.gi != hs.GI || v.disk != hs.Disk || v.role != hs.Role
 	v.mu.Unlock()
 	if moved {
-		return l.refuse(DisconnectShutdown, fmt.Errorf("%w: local state changed during handshake; retrying", ErrPeerGone))
+		return l.refuse(DisconnectShutdown, fmt.Errorf("%w: local state changed during handshake; retrying%w", ErrPeerGone, errRetryNow))
 	}
 	switch {
 	case max(peer.MinProto, hs.MinProto) > min(peer.MaxProto, hs.MaxProto):
@@ -917,6 +971,10 @@ func (l *link) expect(m Message) error {
 		}
 		base := ErrPeerGone
 		switch d.Code {
+		case DisconnectShutdown:
+			// Sent only when the peer's state moved during the
+			// handshake: it redials at once, so should we.
+			return fmt.Errorf("%w: peer refused: %s%w", base, d.Reason, errRetryNow)
 		case DisconnectSplitBrain:
 			base = ErrSplitBrain
 		case DisconnectUnrelated:
@@ -1025,6 +1083,7 @@ func PeerConnector(local, peer, peerAddr string, ln *net.TCPListener) func(conte
 // volume is then StandAlone and keeps serving degraded.
 func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Conn, error)) error {
 	backoff := v.cfg.ConnectRetryMin
+	retried := false
 	v.mu.Lock()
 	v.setConnLocked(Unconnected, "run")
 	v.mu.Unlock()
@@ -1037,6 +1096,7 @@ func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Con
 		default:
 		}
 		conn, err := connect(ctx)
+		retryNow := false
 		if err == nil {
 			start := time.Now()
 			err = v.Attach(ctx, conn)
@@ -1049,6 +1109,15 @@ func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Con
 			if time.Since(start) > v.cfg.ConnectRetryMax {
 				backoff = v.cfg.ConnectRetryMin
 			}
+			retryNow = errors.Is(err, errRetryNow) && !retried
+		}
+		// A handshake that only raced a local state change (promote,
+		// a degraded write) is retried once without waiting; both
+		// sides know, so the acceptor is listening again.
+		retried = retryNow
+		if retryNow {
+			v.log.Info("reconnecting at once", "err", err)
+			continue
 		}
 		v.log.Info("reconnecting", "err", err, "backoff", backoff)
 		t := time.NewTimer(backoff)
@@ -1063,4 +1132,18 @@ func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Con
 		}
 		backoff = min(2*backoff, v.cfg.ConnectRetryMax)
 	}
+}
+
+// frameSizeHint is the encoded size of m's frame for the common data
+// messages (so AppendFrame allocates once), or a small default.
+func frameSizeHint(m Message) int {
+	switch m := m.(type) {
+	case *Write:
+		return HeaderSize + maxFixed + len(m.Data)
+	case *ResyncData:
+		return HeaderSize + maxFixed + len(m.Data)
+	case *WriteAck:
+		return HeaderSize + maxFixed + 8*len(m.IDs)
+	}
+	return HeaderSize + 2*maxFixed
 }

@@ -27,6 +27,10 @@ type receiver struct {
 	active []*rentry
 }
 
+// inlineWrite is the largest write the reader applies itself when the
+// receiver is idle (see submitInline).
+const inlineWrite = 16 << 10
+
 type rentry struct {
 	off, end uint64
 	all      bool // flush/barrier: depends on every earlier entry
@@ -34,7 +38,25 @@ type rentry struct {
 }
 
 func (r *receiver) submit(off, end uint64, all bool, work func()) {
+	r.submitInline(off, end, all, false, work)
+}
+
+// submitInline is submit, except that with inline set and nothing
+// active it runs work on the caller (the reader) instead of a new
+// goroutine: nothing earlier can overlap, and nothing later is read
+// until it returns, so the ordering rule holds trivially. Used for
+// small writes, where a goroutine hand-off costs more than the work.
+func (r *receiver) submitInline(off, end uint64, all, inline bool, work func()) {
 	l := r.l
+	if inline {
+		r.mu.Lock()
+		idle := len(r.active) == 0
+		r.mu.Unlock()
+		if idle {
+			work()
+			return
+		}
+	}
 	select {
 	case r.sem <- struct{}{}:
 	case <-l.dead:
@@ -91,10 +113,13 @@ func (r *receiver) localIO(off, n uint64, fn func() error) Status {
 	return StatusOK
 }
 
-func (r *receiver) submitWrite(m *Write) {
+// submitWrite applies m; buf (which m.Data aliases) goes back to
+// the frame pools once the data is written.
+func (r *receiver) submitWrite(m *Write, buf []byte) {
 	l, v := r.l, r.l.v
 	lo, hi := v.blockRange(m.Offset, uint64(len(m.Data)))
-	r.submit(lo, hi, false, func() {
+	inline := len(m.Data) <= inlineWrite && m.Flags&(WriteFUA|WriteFlushBefore) == 0
+	r.submitInline(lo, hi, false, inline, func() {
 		st := r.localIO(m.Offset, uint64(len(m.Data)), func() error {
 			if m.Flags&WriteFlushBefore != 0 {
 				if err := v.dev.Flush(); err != nil {
@@ -111,6 +136,7 @@ func (r *receiver) submitWrite(m *Write) {
 		})
 		v.writes.Add(1)
 		v.bytesWritten.Add(uint64(len(m.Data)))
+		putFrameBuf(buf)
 		if st != StatusOK {
 			// Our copy of the range is now stale: remember it.
 			v.markDirty(m.Offset, uint64(len(m.Data)))
@@ -142,7 +168,8 @@ func (r *receiver) submitDiscard(m *Discard) {
 	})
 }
 
-func (r *receiver) submitResync(m *ResyncData) {
+// submitResync applies m; buf as for submitWrite.
+func (r *receiver) submitResync(m *ResyncData, buf []byte) {
 	l, v := r.l, r.l.v
 	n := uint64(len(m.Data))
 	lo, hi := v.blockRange(m.Offset, n)
@@ -154,6 +181,7 @@ func (r *receiver) submitResync(m *ResyncData) {
 				return err
 			})
 		}
+		putFrameBuf(buf)
 		if st == StatusOK {
 			v.mu.Lock()
 			v.clearLocked(m.Offset, n)

@@ -3,6 +3,7 @@ package replication
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"time"
 )
@@ -102,7 +103,8 @@ func (l *link) sweep() {
 		case <-l.dead:
 			return
 		}
-		buf := make([]byte, n)
+		// Data is read straight into its frame (ID filled in below).
+		frame, buf := newResyncDataFrame(0, off, int(n))
 		h := v.locks.lock(off, off+n)
 		_, err := v.dev.ReadAt(buf, int64(off))
 		if err != nil {
@@ -121,14 +123,21 @@ func (l *link) sweep() {
 		l.nextID++
 		id := idResync | l.nextID
 		req := resyncReq{off: off, n: n}
-		var m Message = &ResyncData{ID: id, Offset: off, Status: StatusOK, Data: buf}
 		if useSum {
 			req.sum = digest(ChecksumSHA256, buf)
-			m = &ChecksumRequest{ID: id, Offset: off, Length: uint32(n), Algo: ChecksumSHA256, Sum: req.sum}
 		}
 		l.resyncs[id] = req
 		l.mu.Unlock()
-		err = l.send(m)
+		if useSum {
+			err = l.send(&ChecksumRequest{ID: id, Offset: off, Length: uint32(n), Algo: ChecksumSHA256, Sum: req.sum})
+		} else {
+			binary.BigEndian.PutUint64(frame[HeaderSize:], id)
+			if err = sealPayload(frame, MsgResyncData, 0); err != nil {
+				l.fail(fmt.Errorf("encode %v: %w", MsgResyncData, err))
+			} else {
+				err = l.sendFrame(frame, MsgResyncData)
+			}
+		}
 		v.locks.unlock(h)
 		if err != nil {
 			return

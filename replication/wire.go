@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
 )
 
 // Frame layout (all integers big-endian), HeaderSize bytes then payload:
@@ -384,4 +385,91 @@ func (d *dec) end() error {
 
 func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
+}
+
+// resyncDataFixed is the size of ResyncData's fixed fields (ID, Offset,
+// Status) that precede its data.
+const resyncDataFixed = 18
+
+// newResyncDataFrame returns a frame buffer for a ResyncData of n data
+// bytes with the fixed fields filled in, and the slice of it where the
+// data goes: the caller reads the data straight into the frame (no
+// copy), then calls sealPayload and, with the sequence number, sealHeader.
+func newResyncDataFrame(id, off uint64, n int) (frame, data []byte) {
+	frame = getFrameBuf(HeaderSize + resyncDataFixed + n)[:HeaderSize+resyncDataFixed+n]
+	p := frame[HeaderSize:]
+	binary.BigEndian.PutUint64(p[0:8], id)
+	binary.BigEndian.PutUint64(p[8:16], off)
+	binary.BigEndian.PutUint16(p[16:18], uint16(StatusOK))
+	return frame, p[resyncDataFixed:]
+}
+
+// sealPayload fills in everything of frame's header but the sequence
+// number and header CRC (see sealHeader), checking the payload length
+// as AppendFrame does.
+func sealPayload(frame []byte, t MsgType, flags uint16) error {
+	plen := len(frame) - HeaderSize
+	if plen < 0 || plen > MaxPayload {
+		return fmt.Errorf("%w: %d", ErrTooLarge, plen)
+	}
+	h := frame[:HeaderSize]
+	copy(h[0:4], Magic)
+	binary.BigEndian.PutUint16(h[4:6], FrameVersion)
+	binary.BigEndian.PutUint16(h[6:8], uint16(t))
+	binary.BigEndian.PutUint16(h[8:10], flags)
+	binary.BigEndian.PutUint16(h[10:12], 0)
+	binary.BigEndian.PutUint32(h[20:24], uint32(plen))
+	binary.BigEndian.PutUint32(h[24:28], crc32.Checksum(frame[HeaderSize:], castagnoli))
+	return nil
+}
+
+// sealHeader sets the sequence number and the header CRC of a frame
+// prepared by sealPayload.
+func sealHeader(frame []byte, seq uint64) {
+	h := frame[:HeaderSize]
+	binary.BigEndian.PutUint64(h[12:20], seq)
+	binary.BigEndian.PutUint32(h[28:32], crc32.Checksum(h[:28], castagnoli))
+}
+
+// Data frames (writes and resync data) use pooled buffers: a fresh
+// slice costs a clearing allocation and GC work per request. Frames of
+// up to smallFrame bytes (4-16 KiB writes) come from smallPool, larger
+// ones from bigPool (MaxFrame bytes). A buffer goes back to its pool
+// only where its last user is known: the writer once the frame is on
+// the socket, the receiver once the data is on the local disk. Any
+// other path simply drops it to the GC. Pooled buffers are not
+// cleared: every user writes (or reads into) the whole frame.
+const (
+	tinyFrame  = 512
+	smallFrame = HeaderSize + maxFixed + 16<<10
+)
+
+var (
+	smallPool = sync.Pool{New: func() any { return make([]byte, smallFrame) }}
+	bigPool   = sync.Pool{New: func() any { return make([]byte, MaxFrame) }}
+)
+
+// getFrameBuf returns an empty slice with capacity for n bytes, pooled
+// unless n is tiny (or too large for any frame).
+func getFrameBuf(n int) []byte {
+	switch {
+	case n <= tinyFrame || n > MaxFrame:
+		return make([]byte, 0, n)
+	case n <= smallFrame:
+		return smallPool.Get().([]byte)[:0]
+	}
+	return bigPool.Get().([]byte)[:0]
+}
+
+// putFrameBuf returns b to the pool if it came from it. b must not be
+// used afterwards.
+func putFrameBuf(b []byte) {
+	switch cap(b) {
+	case smallFrame:
+		//lint:ignore SA6002 the 24-byte slice header allocation is small next to the pooled buffer
+		smallPool.Put(b[:0])
+	case MaxFrame:
+		//lint:ignore SA6002 as above
+		bigPool.Put(b[:0])
+	}
 }
