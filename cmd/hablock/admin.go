@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/hablock/hablock/internal/admin"
@@ -175,13 +174,7 @@ func adminCommands() []command {
 
 func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	var o adminOpts
-	fs := pflag.NewFlagSet(spec.name, pflag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stdout, spec.help, adminTargetHelp)
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-	}
+	fs := newFlags(spec.name, spec.help+adminTargetHelp, stdout, stderr)
 	fs.StringVar(&o.config, "config", "", "resource file `path`; with --node, finds the admin socket")
 	fs.StringVar(&o.node, "node", "", "the local node's `name` in the resource file")
 	fs.StringVar(&o.socket, "socket", "", "admin socket `path` of the agent (instead of --config and --node)")
@@ -198,14 +191,8 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	if spec.wait {
 		fs.BoolVar(&o.wait, "wait", false, "follow the progress until it finishes")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return err
-		}
-		return usageErrorf("%v", err)
-	}
-	if fs.NArg() > 0 {
-		return usageErrorf("unexpected argument %q", fs.Arg(0))
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	hint := ""
 	switch {

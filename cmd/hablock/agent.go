@@ -17,8 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/hablock/hablock/blockdev"
 	"github.com/hablock/hablock/blockdev/meta"
 	"github.com/hablock/hablock/internal/admin"
@@ -74,33 +72,18 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		noConnect                              bool
 		grace                                  time.Duration
 	)
-	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stdout, agentHelp)
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-	}
+	fs := newFlags("agent", agentHelp, stdout, stderr)
 	fs.StringVar(&cfgPath, "config", "", "resource file `path` (required)")
 	fs.StringVar(&nodeName, "node", "", "this node's `name` in the resource file (required)")
 	fs.BoolVar(&noConnect, "no-connect", false, "do not connect to the peer at start (then: hablock connect)")
 	fs.DurationVar(&grace, "shutdown-grace", 5*time.Second, "on SIGINT/SIGTERM, how long iSCSI sessions get to log out")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return err
-		}
-		return usageErrorf("%v", err)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErrorf("unexpected argument %q", fs.Arg(0))
-	}
-	if cfgPath == "" {
-		return usageErrorf("--config is required")
-	}
-	if nodeName == "" {
-		return usageErrorf("--node is required")
+	if err := requireConfigNode(cfgPath, nodeName); err != nil {
+		return err
 	}
 	log, err := newLogger(stderr, logLevel, logFormat)
 	if err != nil {

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/spf13/pflag"
-
 	"github.com/hablock/hablock/blockdev"
 	"github.com/hablock/hablock/blockdev/meta"
 	"github.com/hablock/hablock/internal/config"
@@ -53,31 +51,16 @@ func runCreateMD(args []string, stdout, stderr io.Writer) error {
 		cfgPath, nodeName, uuidFlag string
 		force                       bool
 	)
-	fs := pflag.NewFlagSet("create-md", pflag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stdout, createMDHelp)
-		fs.SetOutput(stdout)
-		fs.PrintDefaults()
-	}
+	fs := newFlags("create-md", createMDHelp, stdout, stderr)
 	fs.StringVar(&cfgPath, "config", "", "resource file `path` (required)")
 	fs.StringVar(&nodeName, "node", "", "this node's `name` in the resource file (required)")
 	fs.StringVar(&uuidFlag, "uuid", "", "volume `UUID` (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx) printed by create-md on the peer; default: a new random one (first node only)")
 	fs.BoolVar(&force, "force", false, "overwrite existing metadata (the backing data is kept)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return err
-		}
-		return usageErrorf("%v", err)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return usageErrorf("unexpected argument %q", fs.Arg(0))
-	}
-	if cfgPath == "" {
-		return usageErrorf("--config is required")
-	}
-	if nodeName == "" {
-		return usageErrorf("--node is required")
+	if err := requireConfigNode(cfgPath, nodeName); err != nil {
+		return err
 	}
 	uuid := blockdev.NewUUID()
 	if uuidFlag != "" {

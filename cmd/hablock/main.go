@@ -31,6 +31,46 @@ func usageErrorf(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
 }
 
+// newFlags returns the flag set of a subcommand: errors go to stderr,
+// --help prints help (the command's prose) and then the flags to stdout.
+func newFlags(name, help string, stdout, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stdout, help)
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args into fs. Bad flags and stray arguments are usage
+// errors; --help returns pflag.ErrHelp (exit 0 after the help is printed).
+func parseFlags(fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageErrorf("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageErrorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// requireConfigNode checks the --config and --node pair every resource
+// command needs.
+func requireConfigNode(cfgPath, node string) error {
+	if cfgPath == "" {
+		return usageErrorf("--config is required")
+	}
+	if node == "" {
+		return usageErrorf("--node is required")
+	}
+	return nil
+}
+
 func commands() []command {
 	cmds := []command{
 		{name: "export", summary: "serve one volume over iSCSI, standalone (no replication)", run: runExport},
@@ -47,9 +87,9 @@ func commands() []command {
 var version = "dev"
 
 func runVersion(args []string, stdout, _ io.Writer) error {
-	fs := pflag.NewFlagSet("version", pflag.ContinueOnError)
-	if err := fs.Parse(args); err != nil {
-		return usageErrorf("%v", err)
+	fs := newFlags("version", "Print hablock's version.\n", stdout, io.Discard)
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	_, err := fmt.Fprintf(stdout, "hablock %s\n", version)
 	return err
