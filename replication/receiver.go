@@ -221,66 +221,54 @@ func (r *receiver) submitBarrier(nr uint64) {
 	})
 }
 
-func (r *receiver) submitRead(m *ResyncRequest) {
-	l, v := r.l, r.l.v
-	n := uint64(m.Length)
-	lo, hi := v.blockRange(m.Offset, n)
-	if m.Offset > v.size || n > v.size-m.Offset {
+// submitLocalRead queues a read of [off, off+n) from the local device,
+// ordered with the writes around it like any request, and hands the
+// result (data only when st is StatusOK) to done on the worker. A range
+// outside the volume is left to localIO to refuse.
+func (r *receiver) submitLocalRead(off uint64, n uint64, done func(st Status, data []byte)) {
+	v := r.l.v
+	lo, hi := v.blockRange(off, n)
+	if off > v.size || n > v.size-off {
 		lo, hi = 0, 0
 	}
 	r.submit(lo, hi, false, func() {
 		buf := make([]byte, n)
-		st := r.localIO(m.Offset, n, func() error {
-			_, err := v.dev.ReadAt(buf, int64(m.Offset))
+		st := r.localIO(off, n, func() error {
+			_, err := v.dev.ReadAt(buf, int64(off))
 			return err
 		})
-		rd := &ResyncData{ID: m.ID, Offset: m.Offset, Status: st}
-		if st == StatusOK {
-			rd.Data = buf
+		if st != StatusOK {
+			buf = nil
 		}
-		l.send(rd)
+		done(st, buf)
+	})
+}
+
+func (r *receiver) submitRead(m *ResyncRequest) {
+	r.submitLocalRead(m.Offset, uint64(m.Length), func(st Status, data []byte) {
+		r.l.send(&ResyncData{ID: m.ID, Offset: m.Offset, Status: st, Data: data})
 	})
 }
 
 func (r *receiver) submitVerify(m *VerifyRequest) {
-	l, v := r.l, r.l.v
-	n := uint64(m.Length)
-	lo, hi := v.blockRange(m.Offset, n)
-	if m.Offset > v.size || n > v.size-m.Offset {
-		lo, hi = 0, 0
-	}
-	r.submit(lo, hi, false, func() {
-		buf := make([]byte, n)
-		st := r.localIO(m.Offset, n, func() error {
-			_, err := v.dev.ReadAt(buf, int64(m.Offset))
-			return err
-		})
+	r.submitLocalRead(m.Offset, uint64(m.Length), func(st Status, data []byte) {
 		rep := &VerifyReply{ChecksumReply{ID: m.ID, Offset: m.Offset, Length: m.Length, Algo: m.Algo, Status: st}}
 		if st == StatusOK {
-			rep.Sum = digest(m.Algo, buf)
+			rep.Sum = digest(m.Algo, data)
 		}
-		l.send(rep)
+		r.l.send(rep)
 	})
 }
 
 // submitChecksum answers a sync source's checksum with our digest of the
 // same range, and clears our bits if they match.
 func (r *receiver) submitChecksum(m *ChecksumRequest) {
-	l, v := r.l, r.l.v
+	v := r.l.v
 	n := uint64(m.Length)
-	lo, hi := v.blockRange(m.Offset, n)
-	if m.Offset > v.size || n > v.size-m.Offset {
-		lo, hi = 0, 0
-	}
-	r.submit(lo, hi, false, func() {
-		buf := make([]byte, n)
-		st := r.localIO(m.Offset, n, func() error {
-			_, err := v.dev.ReadAt(buf, int64(m.Offset))
-			return err
-		})
+	r.submitLocalRead(m.Offset, n, func(st Status, data []byte) {
 		rep := &ChecksumReply{ID: m.ID, Offset: m.Offset, Length: m.Length, Algo: m.Algo, Status: st}
 		if st == StatusOK {
-			rep.Sum = digest(m.Algo, buf)
+			rep.Sum = digest(m.Algo, data)
 			if bytes.Equal(rep.Sum, m.Sum) {
 				v.mu.Lock()
 				v.clearLocked(m.Offset, n)
@@ -288,7 +276,7 @@ func (r *receiver) submitChecksum(m *ChecksumRequest) {
 				v.mu.Unlock()
 			}
 		}
-		l.send(rep)
+		r.l.send(rep)
 	})
 }
 
