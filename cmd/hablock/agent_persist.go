@@ -1,0 +1,387 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/hablock/hablock/blockdev/meta"
+	"github.com/hablock/hablock/replication"
+)
+
+// activityLog is the engine's BeforeWrite/AfterWrite hooks over
+// meta.ActivityLog, following the ordering rule documented in
+// blockdev/meta/al.go: Begin, and when an extent became hot, persist the
+// snapshot (synced) before the write is issued; End when the engine says
+// the write can no longer differ unrecorded. One mutex around the log and
+// the persist, so snapshots reach the disk in the order they were taken.
+type activityLog struct {
+	store *meta.Store
+	mu    sync.Mutex
+	cond  *sync.Cond // signalled by after: Begin may find room
+	al    *meta.ActivityLog
+}
+
+// before is Hooks.BeforeWrite.
+func (l *activityLog) before(off, n uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		need, err := l.al.Begin(int64(off), int64(n))
+		if errors.Is(err, meta.ErrALBusy) {
+			l.cond.Wait() // every extent that could make room has writes in flight
+			continue
+		}
+		if err != nil || !need {
+			return err
+		}
+		hot, seq := l.al.Snapshot()
+		if err := l.store.PersistAL(hot); err != nil {
+			// Not issued: unpin. The extents stay hot but unpersisted,
+			// so the next Begin on them persists again.
+			l.al.End(int64(off), int64(n))
+			l.cond.Broadcast()
+			return fmt.Errorf("persist activity log: %w", err)
+		}
+		l.al.Persisted(seq)
+		return nil
+	}
+}
+
+// after is Hooks.AfterWrite.
+func (l *activityLog) after(off, n uint64) {
+	l.mu.Lock()
+	l.al.End(int64(off), int64(n))
+	l.mu.Unlock()
+	l.cond.Broadcast()
+}
+
+// ---- persistence of the engine's state in the metadata store ----
+
+// persister keeps the metadata in step with the engine: GIs at once
+// (OnGenIDs), bitmap chunks that become dirty at once (before the write
+// completes), chunks that become clean lazily (flush). Its methods are
+// called from the engine's hooks, under the volume's lock: they must not
+// call the Volume.
+type persister struct {
+	store *meta.Store
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	bm      *replication.Bitmap // mirror of the engine's bitmap
+	pending map[uint64]bool     // chunks cleaned since the last flush
+	flags   meta.GenFlags
+	gen     meta.Generations
+	role    meta.Role
+	peer    string
+}
+
+// chunkBlocks is the number of bitmap blocks per stored chunk: 4 KiB of
+// bits, 128 MiB of volume at the 4 KiB bitmap granularity, so that
+// marking one write out of sync rewrites a small record.
+const chunkBlocks = 4096 * 8
+
+func newPersister(store *meta.Store, bm *replication.Bitmap, log *slog.Logger) (*persister, error) {
+	p := &persister{store: store, log: log, bm: bm, pending: map[uint64]bool{}}
+	st, err := store.State()
+	if err != nil {
+		return nil, err
+	}
+	p.gen, p.role, p.peer, p.flags = st.Gen, st.Role, st.PeerDisk, st.Gen.Flags
+	bs := uint64(bm.BlockSize())
+	err = store.LoadBitmapChunks(func(idx uint64, b []byte) error {
+		if len(b) > chunkBlocks/8 {
+			return fmt.Errorf("%w: bitmap chunk %d has %d bytes, want at most %d", meta.ErrCorrupt, idx, len(b), chunkBlocks/8)
+		}
+		base := idx * chunkBlocks
+		var err error
+		eachRun(b, func(from, to uint64) {
+			if err != nil {
+				return
+			}
+			if base+to > bm.Blocks() {
+				err = fmt.Errorf("%w: bitmap chunk %d marks block %d past the end (%d blocks)", meta.ErrCorrupt, idx, base+to-1, bm.Blocks())
+				return
+			}
+			start := (base + from) * bs
+			bm.Set(start, min((base+to)*bs, bm.VolumeSize())-start)
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load bitmap: %w", err)
+	}
+	return p, nil
+}
+
+// snapshot returns a copy of the bitmap for replication.State.
+func (p *persister) snapshot() *replication.Bitmap {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, _ := replication.NewBitmap(p.bm.VolumeSize(), p.bm.BlockSize())
+	c.Merge(p.bm)
+	return c
+}
+
+func (p *persister) replace(bm *replication.Bitmap) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bm = bm
+	for idx := uint64(0); idx*chunkBlocks < bm.Blocks(); idx++ {
+		p.pending[idx] = true
+	}
+}
+
+// chunksLocked encodes the chunks idxs (sorted, distinct): bit i of byte
+// j of chunk idx is block idx*chunkBlocks+8j+i. A clean chunk is nil (the
+// store deletes it). One sweep over the bitmap serves every chunk.
+func (p *persister) chunksLocked(idxs []uint64) map[uint64][]byte {
+	out := make(map[uint64][]byte, len(idxs))
+	bs := uint64(p.bm.BlockSize())
+	nb := p.bm.Blocks()
+	k := 0 // idxs[k] is the chunk being filled
+	for pos := uint64(0); k < len(idxs); {
+		pos = max(pos, idxs[k]*chunkBlocks*bs)
+		off, n, ok := p.bm.NextDirtyRange(pos, ^uint64(0))
+		if !ok {
+			break
+		}
+		from, to := off/bs, min((off+n+bs-1)/bs, nb)
+		// Spread [from, to) over the wanted chunks it touches.
+		for k < len(idxs) && idxs[k]*chunkBlocks < to {
+			first := idxs[k] * chunkBlocks
+			last := min(first+chunkBlocks, nb)
+			if from < last {
+				b := out[idxs[k]]
+				if b == nil {
+					b = make([]byte, (last-first+7)/8)
+					out[idxs[k]] = b
+				}
+				setBits(b, max(from, first)-first, min(to, last)-first)
+			}
+			if to < last {
+				break
+			}
+			k++
+		}
+		pos = to * bs
+	}
+	for _, idx := range idxs {
+		if _, ok := out[idx]; !ok {
+			out[idx] = nil
+		}
+	}
+	return out
+}
+
+// setBits sets bits [from, to) of b (bit i is b[i/8] & 1<<(i%8)).
+func setBits(b []byte, from, to uint64) {
+	for ; from < to && from%8 != 0; from++ {
+		b[from/8] |= 1 << (from % 8)
+	}
+	for ; from+8 <= to; from += 8 {
+		b[from/8] = 0xff
+	}
+	for ; from < to; from++ {
+		b[from/8] |= 1 << (from % 8)
+	}
+}
+
+// eachRun calls fn for every maximal run [from, to) of set bits in b.
+func eachRun(b []byte, fn func(from, to uint64)) {
+	n := uint64(len(b)) * 8
+	set := func(i uint64) bool { return b[i/8]&(1<<(i%8)) != 0 }
+	for i := uint64(0); i < n; {
+		if i%8 == 0 && b[i/8] == 0 {
+			i += 8
+			continue
+		}
+		if !set(i) {
+			i++
+			continue
+		}
+		start := i
+		for i < n {
+			if i%8 == 0 && b[i/8] == 0xff {
+				i += 8
+			} else if set(i) {
+				i++
+			} else {
+				break
+			}
+		}
+		fn(start, i)
+	}
+}
+
+func (p *persister) writeLocked(idxs []uint64) error {
+	batch := map[uint64][]byte{}
+	size := int64(0)
+	// MaxBatchBytes is computed for chunks of MaxBitmapChunkSize; ours
+	// are smaller, so more entries and more per-entry overhead: halve it.
+	maxBatch := p.store.MaxBatchBytes() / 2
+	slices.Sort(idxs)
+	chunks := p.chunksLocked(idxs)
+	for _, idx := range idxs {
+		c := chunks[idx]
+		if size+int64(len(c)) > maxBatch && len(batch) > 0 {
+			if err := p.store.PutBitmapChunks(batch); err != nil {
+				return err
+			}
+			batch, size = map[uint64][]byte{}, 0
+		}
+		batch[idx] = c
+		size += int64(len(c))
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	return p.store.PutBitmapChunks(batch)
+}
+
+func (p *persister) chunkRange(off, n uint64) (uint64, uint64) {
+	bs := uint64(p.bm.BlockSize())
+	return off / bs / chunkBlocks, (off + n - 1) / bs / chunkBlocks
+}
+
+// dirty is Hooks.OnBitmapDirty: persisted before returning.
+func (p *persister) dirty(off, n uint64) {
+	if n == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bm.Set(off, n)
+	from, to := p.chunkRange(off, n)
+	var idxs []uint64
+	for i := from; i <= to; i++ {
+		idxs = append(idxs, i)
+		delete(p.pending, i)
+	}
+	if err := p.writeLocked(idxs); err != nil {
+		// TODO(issue 3): the hook cannot fail the write; a metadata
+		// store that cannot record the bitmap should detach the disk.
+		p.log.Error("persist out-of-sync bitmap", "err", err, "off", off, "len", n)
+	}
+}
+
+// markOutOfSync marks exts out of sync and persists the chunks they touch
+// before returning.
+func (p *persister) markOutOfSync(exts []replication.Extent) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	touched := map[uint64]bool{}
+	for _, e := range exts {
+		if e.Len == 0 {
+			continue
+		}
+		if _, err := p.bm.Set(e.Off, e.Len); err != nil {
+			return err
+		}
+		from, to := p.chunkRange(e.Off, e.Len)
+		for i := from; i <= to; i++ {
+			touched[i] = true
+			delete(p.pending, i)
+		}
+	}
+	idxs := make([]uint64, 0, len(touched))
+	for i := range touched {
+		idxs = append(idxs, i)
+	}
+	return p.writeLocked(idxs)
+}
+
+// clean is Hooks.OnBitmapClean: persisted lazily by flush.
+func (p *persister) clean(off, n uint64) {
+	if n == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bm.Clear(off, n)
+	from, to := p.chunkRange(off, n)
+	for i := from; i <= to; i++ {
+		p.pending[i] = true
+	}
+}
+
+func (p *persister) flush() {
+	if err := p.flushAll(); err != nil {
+		p.log.Error("persist bitmap", "err", err)
+	}
+}
+
+func (p *persister) flushAll() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pending) == 0 {
+		return nil
+	}
+	idxs := make([]uint64, 0, len(p.pending))
+	for i := range p.pending {
+		idxs = append(idxs, i)
+	}
+	if err := p.writeLocked(idxs); err != nil {
+		return err
+	}
+	clear(p.pending)
+	return nil
+}
+
+// genIDs is Hooks.OnGenIDs: persisted before returning.
+func (p *persister) genIDs(g replication.GenIDs) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gen := replicationGen(g)
+	gen.Flags = p.flags
+	if gen == p.gen {
+		return
+	}
+	if err := p.store.SetGenerations(gen); err != nil {
+		p.log.Error("persist generation identifiers", "err", err, "gen", g.String())
+		return
+	}
+	p.gen = gen
+}
+
+func (p *persister) setFlags(f meta.GenFlags, gen meta.Generations) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	gen.Flags = f
+	if gen == p.gen {
+		return
+	}
+	if err := p.store.SetGenerations(gen); err != nil {
+		p.log.Error("persist disk flags", "err", err)
+		return
+	}
+	p.gen, p.flags = gen, f
+}
+
+func (p *persister) setRole(r meta.Role) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if r == p.role {
+		return nil
+	}
+	if err := p.store.SetRole(r); err != nil {
+		return fmt.Errorf("persist role: %w", err)
+	}
+	p.role = r
+	return nil
+}
+
+func (p *persister) setPeerDisk(s string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s == p.peer {
+		return
+	}
+	if err := p.store.SetPeerDisk(s); err != nil {
+		p.log.Error("persist peer disk state", "err", err)
+		return
+	}
+	p.peer = s
+}
