@@ -35,14 +35,21 @@ type Local interface {
 	// reconnect at once.
 	Promote(ctx context.Context, epoch uint64, peerOutdated bool, clients []Conn) error
 
-	// Demote stops this node being Primary because epoch named another
-	// node: close the iSCSI connections without answering commands still
-	// held (the initiators retry them on the new Primary), remove the VIP,
-	// demote the engine, and reconnect to the peer as Secondary. With
-	// discardLocal the reconnect discards the local changes the peer does
-	// not have (DRBD's --discard-my-data): they were never acknowledged,
-	// since this node wrote without quorum only while suspended.
-	Demote(ctx context.Context, epoch uint64, discardLocal bool) error
+	// Demote stops this node being Primary because epoch names another
+	// node: hold all I/O, remove the VIP, demote the engine (held commands
+	// are abandoned: the iSCSI target sends them no answer, and the
+	// initiators retry them on the new Primary), and reconnect to the peer
+	// as Secondary. opts.DiscardLocal makes the reconnect discard the local
+	// changes the peer does not have (DRBD's --discard-my-data): they were
+	// never acknowledged, since this node wrote without its peer only while
+	// holding. Unless opts.KeepClients, the iSCSI connections are closed at
+	// the end; with it they stay open (answering nothing) until
+	// CloseClients, so that in a planned switchover the initiators
+	// reconnect only once the new Primary holds the VIP.
+	Demote(ctx context.Context, epoch uint64, opts DemoteOptions) error
+
+	// CloseClients closes the iSCSI connections a Demote kept open.
+	CloseClients()
 
 	// PeerFenced tells the Primary that a majority recorded the peer as
 	// outdated in epoch: writes held since the peer was lost complete, and
@@ -57,6 +64,12 @@ type Local interface {
 	// Clients lists the iSCSI connections this node serves now, to be
 	// shared with the peer so that it can tickle them after a takeover.
 	Clients() []Conn
+}
+
+// DemoteOptions modify Local.Demote.
+type DemoteOptions struct {
+	DiscardLocal bool // reconnect with --discard-my-data
+	KeepClients  bool // leave the iSCSI connections open until CloseClients
 }
 
 // Conn is one iSCSI TCP connection as the target sees it.
