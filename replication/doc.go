@@ -26,6 +26,11 @@
 //   - resync.go: bitmap-driven resync from the sync source (optionally
 //     checksum-first, Config.ResyncChecksums) with a rate controller and
 //     pause, and online verify with optional repair.
+//   - fence.go: fencing (Config.Fencing: a Primary that lost its peer
+//     holds writes, neither completing nor failing them, until
+//     SetPeerFenced, a reconnect that resyncs them, or AbandonIO/Demote)
+//     and I/O suspension (SuspendIO, ResumeIO, AbandonIO), the engine
+//     side of automatic failover (failover.Local).
 //   - config.go: Config, every field with unit, default and reason.
 //
 // # Pieces of the core

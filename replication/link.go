@@ -679,8 +679,12 @@ func (l *link) teardown() {
 	v.peerRole = RoleUnknown
 	v.setConnLocked(Unconnected, "connection lost")
 	v.lastErr = l.err.Error()
+	peerLost := v.fenceLinkLostLocked()
 	v.mu.Unlock()
 	l.log.Warn("peer connection lost; volume degraded", "err", l.err, "unacked_bytes", dirty)
+	if peerLost != nil {
+		peerLost()
+	}
 
 	for _, pw := range writes {
 		pw.al.release() // marked out of sync above
@@ -940,6 +944,7 @@ func (l *link) connect(ctx context.Context) error {
 	v.peerName = peer.NodeName
 	v.peerRole = peer.Role
 	v.setConnLocked(Connected, d.String())
+	v.fenceLinkUpLocked()
 	source := v.repl == SyncSource
 	v.mu.Unlock()
 
