@@ -1,8 +1,9 @@
 package replication
 
 import (
-	"errors"
 	"fmt"
+
+	"github.com/hablock/hablock/blockdev"
 )
 
 // Fencing and I/O suspension: the engine side of automatic failover
@@ -59,7 +60,8 @@ import (
 // was not acknowledged: a write may or may not have reached the local
 // disk, never as a completed write. The iSCSI target sends no response
 // at all, so the initiator retries it on the new Primary.
-var ErrAbandoned = errors.New("replication: I/O abandoned")
+// It wraps blockdev.ErrAbandoned, which is what the SCSI layer tests.
+var ErrAbandoned = fmt.Errorf("replication: I/O abandoned: %w", blockdev.ErrAbandoned)
 
 // ioHold is a Volume's fencing and suspension state, guarded by v.mu.
 type ioHold struct {
