@@ -174,9 +174,9 @@ type agent struct {
 	// handshake's decision needs it, DRBD rule 40), even across a clean
 	// stop before then.
 	crashPending atomic.Bool
-	peerLn     *net.TCPListener // nil on the dialing side
-	persist    *persister
-	al         *activityLog
+	peerLn       *net.TCPListener // nil on the dialing side
+	persist      *persister
+	al           *activityLog
 
 	// ctx ends when the agent closes; background work (Run, Verify)
 	// derives from it.
