@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -42,16 +43,26 @@ create-md") and backing store, and then:
     iscsi.listen as iscsi.iqn, LUN 0, with the volume UUID as SCSI
     identity (the same disk on both nodes).
 
-It starts Secondary unless it was Primary when it stopped, and connects to
-the peer at once. An invalid or inconsistent resource file is refused
-before anything is opened, with the file, line and field in the message.
+It always starts Secondary, as DRBD does, and connects to the peer at once
+(unless --no-connect). Whether it was Primary before a crash or a clean
+stop does not matter: which node is Primary is decided by the operator
+("hablock primary") or the failover manager, never by a restart, so a
+restarted node cannot steal the role from a peer promoted meanwhile. An
+invalid or inconsistent resource file is refused before anything is
+opened, with the file, line and field in the message.
 
 The activity log (DRBD's AL) bounds the resync after a Primary crash:
 before a write to a cold 4 MiB extent is issued, the set of hot extents
 (at most 1024) is synced to the metadata. A node restarting with the
-crashed-primary flag marks its persisted hot extents out of sync, so the
-next connect resyncs only them plus the bitmap (from the peer if it was
-promoted meanwhile).
+crashed-primary flag (it was Primary and did not stop cleanly) marks its
+persisted hot extents out of sync and keeps the flag until it has
+connected, so the next connect resyncs only them plus the bitmap: from
+the peer if it was promoted meanwhile, else from this node.
+
+Recovery commands: "hablock invalidate" (disconnected, Secondary) makes
+the next connect resync everything from the peer; after a split brain,
+"hablock connect --discard-my-data" on the node whose changes are to be
+thrown away (see "hablock connect --help").
 
 Not here yet: automatic failover (issue 4) — promotion is manual
 ("hablock primary").
@@ -123,7 +134,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if !noConnect {
-		a.Connect(context.Background())
+		a.Connect(context.Background(), false)
 	}
 	st := a.Status(context.Background())
 	log.Info("agent running", "resource", res.Name, "node", node.Name, "admin", node.Admin, "peer_address", a.peerAddrLog(),
@@ -157,10 +168,15 @@ type agent struct {
 	dev        *blockdev.File
 	rcfg       replication.Config
 	epoch      uint64
-	startRole  replication.Role
-	peerLn     *net.TCPListener // nil on the dialing side
-	persist    *persister
-	al         *activityLog
+	startRole  replication.Role // always RoleSecondary (see openAgent)
+	// crashPending: this node crashed as Primary and has not connected
+	// since; the crashed-primary flag stays persisted until it has (the
+	// handshake's decision needs it, DRBD rule 40), even across a clean
+	// stop before then.
+	crashPending atomic.Bool
+	peerLn       *net.TCPListener // nil on the dialing side
+	persist      *persister
+	al           *activityLog
 
 	// ctx ends when the agent closes; background work (Run, Verify)
 	// derives from it.
@@ -254,15 +270,24 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	if st.GI.Current == 0 {
 		st.GI = replication.NewGenIDs()
 	}
-	if mst.Role == meta.Primary {
-		st.Role = replication.RolePrimary
-	}
-	a.startRole = st.Role
+	// Always start Secondary, as DRBD does: which node is Primary is the
+	// operator's or the failover manager's decision, never a leftover of
+	// how this process last stopped. A crashed Primary keeps the
+	// crashed-primary flag (persisted until a connection is established,
+	// see crashPending) and its activity log, applied above.
+	a.startRole = replication.RoleSecondary
 	a.persist.flags = mst.Gen.Flags
-	if st.Role == replication.RolePrimary && !crashed {
-		// Starting Primary: a crash from the first write on is a crashed
-		// Primary (sync would record it only up to watchInterval late).
-		a.persist.setFlags(mst.Gen.Flags|meta.FlagCrashedPrimary, mst.Gen)
+	a.crashPending.Store(crashed)
+	if mst.Role == meta.Primary {
+		how := "a clean stop"
+		if crashed {
+			how = "a crash"
+		}
+		a.log.Warn("was Primary before "+how+"; starting Secondary: promote with `hablock primary` if this node should serve",
+			"crashed_primary", crashed)
+		if err := a.persist.setRole(meta.Secondary); err != nil {
+			return nil, err
+		}
 	}
 	a.vol, err = a.newVolume(st)
 	if err != nil {
@@ -484,7 +509,10 @@ func (a *agent) sync() {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	s := a.volume().Status()
-	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary), replicationGen(s.GI))
+	if s.Conn == replication.Connected {
+		a.crashPending.Store(false) // the handshake has used it
+	}
+	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary || a.crashPending.Load()), replicationGen(s.GI))
 	if s.PeerDisk != replication.DUnknown {
 		a.persist.setPeerDisk(s.PeerDisk.String())
 	}
@@ -529,11 +557,67 @@ func (a *agent) Status(context.Context) admin.Status {
 	return out
 }
 
-func (a *agent) Connect(context.Context) error {
+// Connect starts the connection loop. With discardMyData (DRBD's connect
+// --discard-my-data) this node gives up its changes if the handshake
+// finds a split brain the after-sb policies leave unresolved: it becomes
+// the sync target of the peer. The flag applies to the handshakes of this
+// connect until one establishes a connection; a later connect without it
+// clears it.
+func (a *agent) Connect(_ context.Context, discardMyData bool) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
+	v := a.volume()
+	if discardMyData {
+		s := v.Status()
+		switch {
+		case s.Role == replication.RolePrimary:
+			return fmt.Errorf("%w: this node is Primary; a node that discards its data becomes sync target, which a Primary cannot be: run `hablock secondary` on it first, then `hablock connect --discard-my-data`",
+				admin.ErrConflict)
+		case s.Conn == replication.Connected:
+			return fmt.Errorf("%w: already connected to %s (replication %v): --discard-my-data applies only to a new connection's split-brain decision; run `hablock disconnect` first if you mean it",
+				admin.ErrConflict, a.peer.Name, s.Repl)
+		}
+		a.log.Warn("connect with discard-my-data: if a split brain is found, this node's changes are discarded and it resyncs from the peer",
+			"peer", a.peer.Name)
+	}
+	v.SetDiscardMyData(discardMyData)
 	a.startRunLocked()
+	if !discardMyData {
+		return nil
+	}
+	a.mu.Lock()
+	done := a.runDone
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.clearDiscardWhenConnected(v, done)
+	}()
 	return nil
+}
+
+// clearDiscardWhenConnected clears the volume's discard-my-data flag once
+// a connection is established (DRBD forgets it after the handshake), so
+// that a later split brain is not resolved by this old decision. It gives
+// up when the connection loop ends (the flag then waits for the next
+// Connect, which sets it anew) or the agent closes.
+func (a *agent) clearDiscardWhenConnected(v *replication.Volume, done <-chan struct{}) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if v.Status().Conn == replication.Connected {
+			v.SetDiscardMyData(false)
+			a.log.Info("connected; discard-my-data cleared")
+			return
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-done:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // startRunLocked starts the connection loop; a.opMu held.
@@ -694,10 +778,36 @@ func (a *agent) Secondary(context.Context) error {
 	return nil
 }
 
+// Invalidate discards this node's claim to current data (DRBD's
+// invalidate): the disk becomes Inconsistent with every block out of
+// sync, so the next connect resyncs all of it from the peer. Only while
+// not connected and not Primary.
 func (a *agent) Invalidate(context.Context) error {
-	// TODO(issue 3): needs a full-sync request in replication.Volume
-	// (DRBD's invalidate: mark all out of sync, become SyncTarget).
-	return fmt.Errorf("%w: invalidate: the replication engine has no full-sync request yet", admin.ErrNotImplemented)
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	v := a.volume()
+	s := v.Status()
+	switch {
+	case s.Role == replication.RolePrimary:
+		return fmt.Errorf("%w: this node is Primary and its data is what the initiators see: run `hablock secondary` first (and promote %s if it should serve), then invalidate",
+			admin.ErrConflict, a.peer.Name)
+	case s.Conn == replication.Connected || s.Conn == replication.Connecting:
+		return fmt.Errorf("%w: connected to %s (%v): disconnect first (`hablock disconnect`), then invalidate, then `hablock connect` to receive a full resync",
+			admin.ErrConflict, a.peer.Name, s.Conn)
+	}
+	if err := v.Invalidate(); err != nil {
+		switch {
+		case errors.Is(err, replication.ErrBusy):
+			return fmt.Errorf("%w: %w: disconnect first (`hablock disconnect`), then invalidate", admin.ErrConflict, err)
+		case errors.Is(err, replication.ErrNoGoodDisk):
+			return fmt.Errorf("%w: %w: the local disk is detached; there is nothing to invalidate", admin.ErrConflict, err)
+		}
+		return err
+	}
+	a.sync() // persist Inconsistent now, not up to watchInterval late
+	a.log.Warn("invalidated: local data is Inconsistent; the next connect resyncs all of it from the peer",
+		"out_of_sync", units.FormatSize(int64(v.Status().OutOfSyncBytes)))
+	return nil
 }
 
 func (a *agent) Verify(_ context.Context, repair bool) error {
@@ -841,9 +951,10 @@ func (a *agent) close(grace time.Duration) {
 	a.cancel()
 	a.wg.Wait()
 	a.sync()
-	// A clean stop is not a crash: clear crashed-primary (the role is kept).
+	// A clean stop is not a crash: clear crashed-primary (the role is kept),
+	// unless an earlier crash has not been resolved by a connect yet.
 	s := v.Status()
-	a.persist.setFlags(flagsFor(s, false), replicationGen(s.GI))
+	a.persist.setFlags(flagsFor(s, a.crashPending.Load()), replicationGen(s.GI))
 	a.closeResources()
 	a.log.Info("stopped")
 }

@@ -7,7 +7,9 @@
 // # Endpoints
 //
 //	GET  /v1/status                 the Status of the node
-//	POST /v1/connect                start connecting to the peer
+//	POST /v1/connect[?discard-my-data=1]
+//	                                start connecting to the peer; discard-my-data:
+//	                                give up the local changes if a split brain is found
 //	POST /v1/disconnect             drop the peer link and stay StandAlone
 //	POST /v1/primary[?force=1]      promote; force promotes without an UpToDate disk
 //	POST /v1/secondary              demote
@@ -112,7 +114,12 @@ func errorFor(err error) *Error {
 // shows in Status.
 type Node interface {
 	Status(ctx context.Context) Status
-	Connect(ctx context.Context) error
+	// Connect starts connecting to the peer. discardMyData (DRBD's
+	// connect --discard-my-data) makes this node give up its changes and
+	// become the sync target if the connect finds a split brain the
+	// after-sb policies leave unresolved; it applies until a connection
+	// is established.
+	Connect(ctx context.Context, discardMyData bool) error
 	Disconnect(ctx context.Context) error
 	// Primary promotes; force promotes even though the local disk is not
 	// UpToDate (the operator vouches for the data, as drbdadm --force).

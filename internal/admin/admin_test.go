@@ -50,8 +50,8 @@ func (n *fakeNode) Status(context.Context) Status {
 	defer n.mu.Unlock()
 	return n.st
 }
-func (n *fakeNode) Connect(context.Context) error {
-	return n.call("connect", func() { n.st.Connection = "Connected"; n.st.Replication = "Established" })
+func (n *fakeNode) Connect(_ context.Context, discardMyData bool) error {
+	return n.call(fmt.Sprintf("connect discard-my-data=%v", discardMyData), func() { n.st.Connection = "Connected"; n.st.Replication = "Established" })
 }
 func (n *fakeNode) Disconnect(context.Context) error {
 	return n.call("disconnect", func() { n.st.Connection = "StandAlone"; n.st.Replication = "Off" })
@@ -124,7 +124,8 @@ func TestStatusAndActions(t *testing.T) {
 		call  string
 		check func(Status) bool
 	}{
-		{"connect", func() (Status, error) { return c.Connect(ctx) }, "connect", func(s Status) bool { return s.Connection == "Connected" }},
+		{"connect", func() (Status, error) { return c.Connect(ctx, false) }, "connect discard-my-data=false", func(s Status) bool { return s.Connection == "Connected" }},
+		{"connect --discard-my-data", func() (Status, error) { return c.Connect(ctx, true) }, "connect discard-my-data=true", func(s Status) bool { return s.Connection == "Connected" }},
 		{"primary", func() (Status, error) { return c.Primary(ctx, false) }, "primary force=false", func(s Status) bool { return s.Role == "Primary" }},
 		{"primary --force", func() (Status, error) { return c.Primary(ctx, true) }, "primary force=true", func(s Status) bool { return s.Role == "Primary" }},
 		{"verify", func() (Status, error) { return c.Verify(ctx, false) }, "verify repair=false", func(s Status) bool { return s.Verify != nil && s.Verify.Running }},
@@ -151,7 +152,7 @@ func TestStatusAndActions(t *testing.T) {
 
 func TestErrorsMapToStatusAndSentinels(t *testing.T) {
 	node := newFakeNode()
-	node.failOn["connect"] = fmt.Errorf("engine: %w", ErrNotImplemented)
+	node.failOn["connect discard-my-data=false"] = fmt.Errorf("engine: %w", ErrNotImplemented)
 	node.failOn["primary force=false"] = fmt.Errorf("peer n2 is Primary: %w", ErrConflict)
 	node.failOn["secondary"] = errors.New("disk on fire")
 	c, _ := serve(t, node)
@@ -164,7 +165,7 @@ func TestErrorsMapToStatusAndSentinels(t *testing.T) {
 		code     string
 		msg      string
 	}{
-		{func() (Status, error) { return c.Connect(ctx) }, ErrNotImplemented, 501, CodeNotImplemented, "engine"},
+		{func() (Status, error) { return c.Connect(ctx, false) }, ErrNotImplemented, 501, CodeNotImplemented, "engine"},
 		{func() (Status, error) { return c.Primary(ctx, false) }, ErrConflict, 409, CodeConflict, "peer n2 is Primary"},
 		{func() (Status, error) { return c.Secondary(ctx) }, nil, 500, CodeInternal, "disk on fire"},
 	}
@@ -198,6 +199,8 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/v1/primary", 405, CodeMethodNotAllowed},
 		{"POST", "/v1/primary?force=maybe", 400, CodeBadRequest},
 		{"POST", "/v1/connect?force=1", 400, CodeBadRequest},
+		{"POST", "/v1/primary?discard-my-data=1", 400, CodeBadRequest},
+		{"POST", "/v1/connect?discard-my-data=perhaps", 400, CodeBadRequest},
 		{"GET", "/v1/nothing", 404, CodeNotFound},
 	}
 	for _, tc := range cases {

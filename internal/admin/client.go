@@ -46,9 +46,10 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return c.do(ctx, http.MethodGet, "status", nil)
 }
 
-// Connect asks the node to connect to its peer.
-func (c *Client) Connect(ctx context.Context) (Status, error) {
-	return c.do(ctx, http.MethodPost, "connect", nil)
+// Connect asks the node to connect to its peer; see Node.Connect for
+// discardMyData.
+func (c *Client) Connect(ctx context.Context, discardMyData bool) (Status, error) {
+	return c.do(ctx, http.MethodPost, "connect", boolQuery("discard-my-data", discardMyData))
 }
 
 // Disconnect drops the peer link.

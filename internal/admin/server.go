@@ -44,7 +44,7 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, node.Status(r.Context()))
 	})
-	s.action(mux, "connect", func(ctx context.Context, _ flags) error { return node.Connect(ctx) })
+	s.action(mux, "connect", func(ctx context.Context, f flags) error { return node.Connect(ctx, f.discardMyData) }, "discard-my-data")
 	s.action(mux, "disconnect", func(ctx context.Context, _ flags) error { return node.Disconnect(ctx) })
 	s.action(mux, "primary", func(ctx context.Context, f flags) error { return node.Primary(ctx, f.force) }, "force")
 	s.action(mux, "secondary", func(ctx context.Context, _ flags) error { return node.Secondary(ctx) })
@@ -68,7 +68,7 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	return s
 }
 
-type flags struct{ force, repair bool }
+type flags struct{ force, repair, discardMyData bool }
 
 // action registers POST /v1/NAME; allowed lists the boolean query
 // parameters it takes.
@@ -97,6 +97,8 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 				f.force = b
 			case "repair":
 				f.repair = b
+			case "discard-my-data":
+				f.discardMyData = b
 			}
 		}
 		if err := fn(r.Context(), f); err != nil {
@@ -105,7 +107,7 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 			writeError(w, e)
 			return
 		}
-		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair)
+		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair, "discard_my_data", f.discardMyData)
 		writeJSON(w, http.StatusOK, s.node.Status(r.Context()))
 	})
 }
