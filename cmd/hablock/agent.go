@@ -19,6 +19,7 @@ import (
 
 	"github.com/hablock/hablock/blockdev"
 	"github.com/hablock/hablock/blockdev/meta"
+	"github.com/hablock/hablock/failover"
 	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/internal/config"
 	"github.com/hablock/hablock/internal/units"
@@ -112,6 +113,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer a.close(grace)
+	if err := a.openVIP(); err != nil {
+		return err
+	}
 
 	adminLn, err := admin.Listen(node.Admin)
 	if err != nil {
@@ -196,6 +200,8 @@ type agent struct {
 	runCancel context.CancelFunc // nil when not connecting
 	runDone   chan struct{}
 	exp       *exporter
+	vip       *failover.VIP     // nil without iscsi.vip
+	tickler   *failover.Tickler // nil without iscsi.vip
 	verifying bool
 	verifyAt  time.Time
 	verifyRes *admin.VerifyResult
@@ -580,10 +586,17 @@ func (a *agent) Connect(_ context.Context, discardMyData bool) error {
 		a.log.Warn("connect with discard-my-data: if a split brain is found, this node's changes are discarded and it resyncs from the peer",
 			"peer", a.peer.Name)
 	}
+	a.connectLocked(v, discardMyData)
+	return nil
+}
+
+// connectLocked starts the connection loop of v with the discard-my-data
+// flag set as asked (cleared again once connected); a.opMu held.
+func (a *agent) connectLocked(v *replication.Volume, discardMyData bool) {
 	v.SetDiscardMyData(discardMyData)
 	a.startRunLocked()
 	if !discardMyData {
-		return nil
+		return
 	}
 	a.mu.Lock()
 	done := a.runDone
@@ -593,7 +606,6 @@ func (a *agent) Connect(_ context.Context, discardMyData bool) error {
 		defer a.wg.Done()
 		a.clearDiscardWhenConnected(v, done)
 	}()
-	return nil
 }
 
 // clearDiscardWhenConnected clears the volume's discard-my-data flag once
@@ -671,7 +683,7 @@ func (a *agent) stopRunLocked() bool {
 	return true
 }
 
-func (a *agent) Primary(_ context.Context, force bool) error {
+func (a *agent) Primary(ctx context.Context, force bool) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	v := a.volume()
@@ -712,6 +724,11 @@ func (a *agent) Primary(_ context.Context, force bool) error {
 		a.persist.setRole(meta.Secondary)
 		a.sync()
 		return err
+	}
+	if a.vip != nil {
+		if err := a.vip.Acquire(ctx); err != nil {
+			return fmt.Errorf("primary, exporting, but the VIP %s could not be added: %w", a.res.ISCSI.VIP, err)
+		}
 	}
 	return nil
 }
@@ -763,6 +780,11 @@ func freshGen() uint64 {
 func (a *agent) Secondary(context.Context) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
+	if a.vip != nil {
+		if err := a.vip.Release(); err != nil {
+			a.log.Error("release VIP", "vip", a.res.ISCSI.VIP, "err", err)
+		}
+	}
 	a.stopExport(5 * time.Second)
 	v := a.volume()
 	if err := v.Flush(); err != nil && !errors.Is(err, replication.ErrNotPrimary) {
@@ -937,6 +959,7 @@ func (a *agent) stopExport(grace time.Duration) {
 // ---- shutdown ----
 
 func (a *agent) close(grace time.Duration) {
+	a.closeVIP()
 	a.stopExport(grace)
 	a.opMu.Lock()
 	a.stopRunLocked()
