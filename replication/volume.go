@@ -22,8 +22,9 @@ var (
 	ErrUnrelated = errors.New("replication: unrelated data")
 	// ErrVolumeMismatch: the peer serves another volume (UUIDs differ).
 	ErrVolumeMismatch = errors.New("replication: volume UUID mismatch")
-	// ErrIncompatible: protocol versions, replication protocol, size or
-	// block size differ, or both nodes are Primary.
+	// ErrIncompatible: protocol versions, replication protocol, size,
+	// block size or node names do not fit. (Two Primaries are a split
+	// brain: ErrSplitBrain.)
 	ErrIncompatible = errors.New("replication: incompatible peer")
 	// ErrNoUpToDateSource: a resync is needed but its source has no
 	// consistent data.
