@@ -32,7 +32,8 @@
 //     and I/O suspension (SuspendIO, ResumeIO, AbandonIO), the engine
 //     side of automatic failover (failover.Local).
 //   - standalone.go: unresolved split brains (two Primaries meeting
-//     included) are logged loudly and refused.
+//     included) are logged loudly and refused; RefuseConn lets a
+//     StandAlone node turn its peer's dialing into ErrPeerStandAlone.
 //   - config.go: Config, every field with unit, default and reason.
 //
 // # Pieces of the core

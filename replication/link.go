@@ -714,7 +714,7 @@ var errRetryNow = errors.New("")
 // fatal reports whether err means reconnecting cannot help until an
 // operator acts.
 func fatal(err error) bool {
-	for _, e := range []error{ErrSplitBrain, ErrUnrelated, ErrVolumeMismatch, ErrIncompatible, ErrRRConflict, ErrClosed} {
+	for _, e := range []error{ErrSplitBrain, ErrUnrelated, ErrVolumeMismatch, ErrIncompatible, ErrRRConflict, ErrClosed, ErrPeerStandAlone} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -991,6 +991,8 @@ func (l *link) expect(m Message) error {
 			base = ErrIncompatible
 		case DisconnectNoUpToDateDisk:
 			base = ErrNoUpToDateSource
+		case DisconnectStandAlone:
+			base = ErrPeerStandAlone
 		}
 		return fmt.Errorf("%w: peer refused: %s", base, d.Reason)
 	}

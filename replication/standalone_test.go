@@ -112,3 +112,64 @@ func TestTwoPrimariesSplitBrain(t *testing.T) {
 		})
 	}
 }
+
+// A StandAlone node answers its peer's connections with RefuseConn: the
+// peer's Run gives up at the first attempt with ErrPeerStandAlone and
+// the reason, instead of redialing forever.
+func TestRefuseConnStopsPeerDialing(t *testing.T) {
+	va, _, la := loggedNode(t, syncedState("a", RolePrimary), testConfig(), 0)
+	vb, _, lb := loggedNode(t, syncedState("b", RoleSecondary), testConfig(), 0)
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	const reason = "split brain with b; waiting for an operator"
+	var accepts atomic.Int32
+	refused := make(chan error, 8)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepts.Add(1)
+			refused <- va.RefuseConn(c, reason)
+		}
+	}()
+	var dials atomic.Int32
+	dial := Dialer(ln.Addr().String())
+	err = vb.Run(context.Background(), func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		return dial(ctx)
+	})
+	if !errors.Is(err, ErrPeerStandAlone) || !strings.Contains(err.Error(), reason) {
+		t.Fatalf("Run: %v, want ErrPeerStandAlone with the peer's reason", err)
+	}
+	if err := <-refused; err != nil {
+		t.Fatalf("RefuseConn: %v", err)
+	}
+	if d, a := dials.Load(), accepts.Load(); d != 1 || a != 1 {
+		t.Fatalf("%d dials, %d accepts, want 1 each", d, a)
+	}
+	if st := vb.Status(); st.Conn != StandAlone || !strings.Contains(st.LastError, reason) {
+		t.Fatalf("dialer status: %+v", st)
+	}
+	if n := strings.Count(lb.String(), "giving up on peer"); n != 1 {
+		t.Fatalf("dialer logged giving up %d times:\n%s", n, lb.String())
+	}
+	if !strings.Contains(la.String(), "refused peer connection") {
+		t.Fatalf("refusing side did not log:\n%s", la.String())
+	}
+
+	// Something that is not a peer gets no answer and an error.
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(bytes.Repeat([]byte("GET / HTTP/1.1\r\n"), 4))
+	if err := <-refused; !errors.Is(err, ErrProtocol) {
+		t.Fatalf("RefuseConn of garbage: %v, want ErrProtocol", err)
+	}
+	c.Close()
+}
