@@ -255,6 +255,17 @@ func (v *Volume) waitUnreplicatedFlush() (retry bool, err error) {
 	return retry, err
 }
 
+// primaryLink returns the current link and whether this node is still
+// Primary. The write path calls it holding v.gate shared, so the role
+// cannot change until the write is issued: a write that passed checkIO
+// before a Demote is not issued after it (it was never acknowledged, so
+// it fails with ErrAbandoned and ErrNotPrimary).
+func (v *Volume) primaryLink() (*link, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.link, v.role == RolePrimary
+}
+
 // ---- hooks from the engine (v.mu held) ----
 
 // fenceLinkUpLocked: a link to the peer was established (connect).

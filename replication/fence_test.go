@@ -419,3 +419,35 @@ func TestNoFencingWritesDegraded(t *testing.T) {
 		t.Fatalf("status: %+v", st)
 	}
 }
+
+// A write that passed the role check before a Demote is not issued after
+// it: a demoted node acknowledges nothing.
+func TestWriteRacingDemoteNotIssued(t *testing.T) {
+	mem := blockdev.NewMemory(testSize)
+	n := newNode(t, mem, mem, syncedState("a", RolePrimary), testConfig())
+	defer n.v.Stop()
+	entered, release := make(chan struct{}), make(chan struct{})
+	n.v.SetHooks(Hooks{
+		BeforeWrite: func(off, l uint64) error {
+			close(entered)
+			<-release
+			return nil
+		},
+		AfterWrite: func(off, l uint64) {},
+	})
+	done := make(chan error, 1)
+	go func() { _, err := n.v.WriteAt(bytes.Repeat([]byte{9}, 4096), 0); done <- err }()
+	<-entered // past checkIO, not yet issued
+	if err := n.v.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; !errors.Is(err, ErrNotPrimary) || !errors.Is(err, ErrAbandoned) {
+		t.Fatalf("write racing Demote: %v, want ErrNotPrimary and ErrAbandoned", err)
+	}
+	b := make([]byte, 4096)
+	mem.ReadAt(b, 0)
+	if !bytes.Equal(b, make([]byte, 4096)) || n.v.Status().OutOfSyncBytes != 0 {
+		t.Fatal("a write was issued on a demoted node")
+	}
+}

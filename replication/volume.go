@@ -677,7 +677,13 @@ func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
 
 issue:
 	v.gate.RLock()
-	l := v.curLink()
+	l, primary := v.primaryLink()
+	if !primary {
+		v.gate.RUnlock()
+		ar.release()
+		ar.release()
+		return fmt.Errorf("replication: write offset %d length %d: demoted before it was issued: %w: %w", off, n, ErrAbandoned, ErrNotPrimary)
+	}
 	lo, hi := v.blockRange(off, n)
 	h := v.locks.lock(lo, hi)
 	var pw *pendingWrite
