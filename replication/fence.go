@@ -160,11 +160,12 @@ func (v *Volume) heldErrLocked() error {
 	return nil
 }
 
-// admit is the suspension gate every ReadAt, WriteAt, Discard and Flush
-// passes before anything else (checkIO).
-func (v *Volume) admit() error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+// admitLocked is the suspension gate every ReadAt, WriteAt, Discard and
+// Flush passes first (checkIO).
+func (v *Volume) admitLocked() error {
+	if !v.hold.suspended && !v.hold.abandoned {
+		return nil
+	}
 	return v.waitHoldLocked(false, func() (bool, error) {
 		switch {
 		case v.closed:

@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -103,8 +104,16 @@ func cutWhileLoaded(t *testing.T, pr *pair, workers int) (*writeLoad, int64) {
 }
 
 func TestFencingHoldsWritesUntilPeerFenced(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolC, ProtocolB} {
+		t.Run(proto.String(), func(t *testing.T) { testFencingHoldsWrites(t, proto) })
+	}
+}
+
+func testFencingHoldsWrites(t *testing.T, proto Protocol) {
 	const workers = 8
-	pr := newPair(t, fencingConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	cfg := fencingConfig()
+	cfg.Protocol = proto
+	pr := newPair(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
 	lost := onPeerLost(pr.p)
 	w, held := cutWhileLoaded(t, pr, workers)
 	if n := lost.Load(); n != 1 {
@@ -449,5 +458,58 @@ func TestWriteRacingDemoteNotIssued(t *testing.T) {
 	mem.ReadAt(b, 0)
 	if !bytes.Equal(b, make([]byte, 4096)) || n.v.Status().OutOfSyncBytes != 0 {
 		t.Fatal("a write was issued on a demoted node")
+	}
+}
+
+// A write and a flush pending on the peer when the link drops are held
+// after their local part, and complete once the peer is fenced.
+func TestFencingPendingWriteAndFlushHeld(t *testing.T) {
+	a, b := tcpPair(t)
+	mem := blockdev.NewMemory(testSize)
+	n := newNode(t, mem, mem, syncedState("a", RolePrimary), fencingConfig())
+	defer n.v.Stop()
+	lost := onPeerLost(n)
+	// The fake peer shakes hands, then reads without answering until it
+	// has seen a Write and a Flush, and hangs up.
+	go func() {
+		hs, _ := AppendFrame(nil, 1, 0, fakeHandshake(RoleSecondary))
+		b.Write(hs)
+		var write, flush bool
+		for !write || !flush {
+			f, _, err := ReadFrame(b, MaxPayload, nil)
+			if err != nil {
+				break
+			}
+			write = write || f.Type == MsgWrite
+			flush = flush || f.Type == MsgFlush
+		}
+		b.Close()
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- n.v.Attach(context.Background(), a) }()
+	waitFor(t, "connected", 5*time.Second, func() bool { return n.v.Status().Conn == Connected })
+	data := bytes.Repeat([]byte{5}, 3*4096)
+	done := make(chan error, 2)
+	go func() { _, err := n.v.WriteAt(data, 8192); done <- err }()
+	go func() { done <- n.v.Flush() }()
+	if err := <-errc; !errors.Is(err, ErrPeerGone) {
+		t.Fatalf("attach: %v", err)
+	}
+	waitFor(t, "both held", 5*time.Second, func() bool { return n.v.Status().HeldOps == 2 })
+	time.Sleep(5 * testConfig().PingInterval)
+	if len(done) != 0 {
+		t.Fatal("completed while held")
+	}
+	// The write is on the local disk and marked out of sync already.
+	b2 := make([]byte, len(data))
+	mem.ReadAt(b2, 8192)
+	if st := n.v.Status(); !bytes.Equal(b2, data) || st.OutOfSyncBytes != 3*4096 || !st.Held || lost.Load() != 1 {
+		t.Fatalf("while held: local data written %v, status %+v, OnPeerLost %d", bytes.Equal(b2, data), st, lost.Load())
+	}
+	n.v.SetPeerFenced(true)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }

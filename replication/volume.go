@@ -569,10 +569,11 @@ func (v *Volume) blockRange(off, n uint64) (uint64, uint64) {
 // ---- blockdev.Device ----
 
 func (v *Volume) checkIO(off int64, n int) error {
-	if err := v.admit(); err != nil {
+	v.mu.Lock()
+	if err := v.admitLocked(); err != nil {
+		v.mu.Unlock()
 		return err
 	}
-	v.mu.Lock()
 	role, closed := v.role, v.closed
 	v.mu.Unlock()
 	switch {
