@@ -513,3 +513,52 @@ func TestFencingPendingWriteAndFlushHeld(t *testing.T) {
 		}
 	}
 }
+
+// A flush pending on the peer when the link drops is redone on the next
+// link: it completes without SetPeerFenced once the peer has flushed.
+func TestFencingPendingFlushRedoneOnNewLink(t *testing.T) {
+	amem, bmem := blockdev.NewMemory(testSize), blockdev.NewMemory(testSize)
+	bdev := blockdev.NewFaulty(bmem)
+	// The peer's first flush takes a while: long enough to cut the link
+	// under it.
+	bdev.Inject(blockdev.Rule{Ops: blockdev.OpFlush, Latency: 500 * time.Millisecond, Times: 1})
+	a := newNode(t, amem, amem, syncedState("a", RolePrimary), fencingConfig())
+	b := newNode(t, bdev, bmem, syncedState("b", RoleSecondary), fencingConfig())
+	defer a.v.Stop()
+	defer b.v.Stop()
+	attach := func() (chan error, chan error) {
+		ca, cb := tcpPair(t)
+		ea, eb := make(chan error, 1), make(chan error, 1)
+		go func() { ea <- a.v.Attach(context.Background(), ca) }()
+		go func() { eb <- b.v.Attach(context.Background(), cb) }()
+		return ea, eb
+	}
+	ea, eb := attach()
+	waitFor(t, "established", 5*time.Second, func() bool {
+		return a.v.Status().Repl == Established && b.v.Status().Repl == Established
+	})
+	if _, err := a.v.WriteAt(bytes.Repeat([]byte{3}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.v.Flush() }()
+	waitFor(t, "peer flushing", 5*time.Second, func() bool { return bdev.Counts().Flushes >= 1 })
+	a.v.curLink().conn.Close() // the link drops under the peer's flush
+	<-ea
+	waitFor(t, "flush held", 5*time.Second, func() bool { return a.v.Status().HeldOps == 1 })
+	if len(done) != 0 {
+		t.Fatal("flush completed while the peer may not have flushed")
+	}
+	<-eb
+	ea, eb = attach()
+	if err := <-done; err != nil {
+		t.Fatalf("held flush: %v", err)
+	}
+	if st := a.v.Status(); st.Fenced || st.Held || bdev.Counts().Flushes < 2 {
+		t.Fatalf("after reconnect: %+v, peer flushes %d", st, bdev.Counts().Flushes)
+	}
+	a.v.Stop()
+	b.v.Stop()
+	<-ea
+	<-eb
+}
