@@ -269,8 +269,12 @@ func (v *Volume) primaryLink() (*link, bool) {
 
 // ---- hooks from the engine (v.mu held) ----
 
-// fenceLinkUpLocked: a link to the peer was established (connect).
-func (v *Volume) fenceLinkUpLocked() {
+// linkUpLocked: a link to the peer was established (connect).
+func (v *Volume) linkUpLocked() {
+	if v.flags&FlagDiscardMyData != 0 {
+		v.flags &^= FlagDiscardMyData // used once (standalone.go)
+		v.log.Info("discard-my-data done: connected")
+	}
 	if v.hold.fenced {
 		v.hold.fenced = false
 		v.log.Info("fencing: peer connected; no longer fenced")

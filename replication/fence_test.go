@@ -562,3 +562,94 @@ func TestFencingPendingFlushRedoneOnNewLink(t *testing.T) {
 	<-ea
 	<-eb
 }
+
+// The failover sequence the failover manager drives, end to end: the
+// Primary loses its peer and holds; the Secondary is promoted with the
+// old Primary fenced and writes alone; the old Primary is demoted (its
+// held writes abandoned) and reconnects discarding its unacknowledged
+// changes. Every write the old Primary acknowledged is on the new one,
+// and both end identical.
+func TestFencingFailoverLosesNoAcknowledgedWrite(t *testing.T) {
+	const (
+		workers = 8
+		slot    = 4096
+		region  = testSize / 2 / workers
+	)
+	pr := newPair(t, fencingConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	pr.waitInSync(5 * time.Second)
+	slotData := func(w, i int) []byte {
+		b := bytes.Repeat([]byte{byte(w*31 + i)}, slot)
+		b[0], b[1] = byte(w), byte(i)
+		return b
+	}
+	var completed atomic.Int64
+	acked := make([]int, workers) // per worker: slots acknowledged
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < region/slot; i++ {
+				if _, err := pr.p.v.WriteAt(slotData(w, i), int64(w*region+i*slot)); err != nil {
+					errs[w] = err
+					return
+				}
+				acked[w] = i + 1
+				completed.Add(1)
+			}
+		}()
+	}
+	waitFor(t, "load running", 5*time.Second, func() bool { return completed.Load() >= 100 })
+	pr.blocked.Store(true)
+	pr.killLink()
+	waitFor(t, "writers held", 10*time.Second, func() bool { return pr.p.v.Status().HeldOps == workers })
+
+	// Takeover: the quorum recorded a outdated; b is promoted and serves.
+	pr.s.v.SetPeerFenced(true)
+	if err := pr.s.v.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	newData := bytes.Repeat([]byte{0xEE}, 64<<10)
+	if _, err := pr.s.v.WriteAt(newData, testSize/2); err != nil {
+		t.Fatal(err)
+	}
+	// a learns it was replaced: demoted, held writes abandoned.
+	if err := pr.p.v.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if !errors.Is(err, ErrAbandoned) {
+			t.Fatalf("writer %d: %v, want ErrAbandoned", w, err)
+		}
+	}
+	// a rejoins as Secondary, discarding what it never acknowledged.
+	pr.p.v.SetDiscardMyData(true)
+	pr.blocked.Store(false)
+	waitFor(t, "a resynced from b", 10*time.Second, func() bool {
+		a, b := pr.p.v.Status(), pr.s.v.Status()
+		return a.Conn == Connected && a.Repl == Established && a.Disk == UpToDate && b.OutOfSyncBytes == 0 && b.PeerDisk == UpToDate
+	})
+	assertSame(t, pr.p.mem, pr.s.mem)
+	got := make([]byte, slot)
+	for w := range workers {
+		for i := range acked[w] {
+			pr.s.mem.ReadAt(got, int64(w*region+i*slot))
+			if !bytes.Equal(got, slotData(w, i)) {
+				t.Fatalf("acknowledged write %d of writer %d lost on the new primary", i, w)
+			}
+		}
+	}
+	got = make([]byte, len(newData))
+	pr.s.mem.ReadAt(got, testSize/2)
+	if !bytes.Equal(got, newData) {
+		t.Fatal("the new primary's write was lost")
+	}
+	pr.p.v.mu.Lock()
+	discard := pr.p.v.flags&FlagDiscardMyData != 0
+	pr.p.v.mu.Unlock()
+	if pr.p.v.Status().Role != RoleSecondary || discard {
+		t.Fatal("old primary: wrong role, or discard-my-data not cleared after use")
+	}
+}

@@ -947,7 +947,7 @@ func (l *link) connect(ctx context.Context) error {
 	v.peerName = peer.NodeName
 	v.peerRole = peer.Role
 	v.setConnLocked(Connected, d.String())
-	v.fenceLinkUpLocked()
+	v.linkUpLocked()
 	source := v.repl == SyncSource
 	v.mu.Unlock()
 

@@ -39,6 +39,30 @@ func (l *link) refuseSplitBrain(local, peer *Handshake, why string) error {
 		ErrSplitBrain, why, local.Role, local.GI, peer.NodeName, peer.Role, peer.GI))
 }
 
+// SetDiscardMyData sets whether this node offers to lose its data in a
+// split brain (DRBD's 'connect --discard-my-data'; State.DiscardMyData
+// sets it at start): the next handshakes tell the peer, and a split
+// brain that no automatic policy resolves is resolved by making this
+// node the sync target of the peer (this node's changes since the split
+// are overwritten; see ResolveSplitBrain). It is used once: it is cleared
+// when a link to the peer is established. A Primary cannot be a sync
+// target: demote it first. Run must be (re)started for it to matter
+// after a split brain left the volume StandAlone.
+func (v *Volume) SetDiscardMyData(discard bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if discard == (v.flags&FlagDiscardMyData != 0) {
+		return
+	}
+	if discard {
+		v.flags |= FlagDiscardMyData
+		v.log.Warn("discard-my-data set: in a split brain this node's changes are overwritten by the peer's")
+	} else {
+		v.flags &^= FlagDiscardMyData
+		v.log.Info("discard-my-data cleared")
+	}
+}
+
 // RefuseConn answers a connection from the peer, accepted while this
 // volume runs no link (it is StandAlone after a fatal handshake result,
 // or disconnected by an operator), with a Disconnect carrying

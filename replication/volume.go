@@ -96,7 +96,8 @@ type State struct {
 	// survive another crash before then persists them in its bitmap
 	// first (as the agent does), or keeps the CrashedPrimary flag and the
 	// activity log until the resync ends.
-	ActivityLog   []Extent
+	ActivityLog []Extent
+	// DiscardMyData: see SetDiscardMyData.
 	DiscardMyData bool
 }
 
@@ -197,7 +198,7 @@ type Volume struct {
 	uuid  blockdev.UUID
 	name  string
 	hooks Hooks
-	flags HandshakeFlags
+	flags HandshakeFlags // under mu once Run starts (SetDiscardMyData)
 
 	// gate orders the connect-time exchange against the write path:
 	// writes hold it shared from choosing the link to the end of the
