@@ -81,11 +81,17 @@ func (w *writeLoad) finish() []error {
 // write is held. It returns the load and the completions at that point.
 func cutWhileLoaded(t *testing.T, pr *pair, workers int) (*writeLoad, int64) {
 	t.Helper()
+	return cutWhileLoadedBy(t, pr, workers, pr.killLink)
+}
+
+// cutWhileLoadedBy is cutWhileLoaded with the cut done by cut.
+func cutWhileLoadedBy(t *testing.T, pr *pair, workers int, cut func()) (*writeLoad, int64) {
+	t.Helper()
 	pr.waitInSync(5 * time.Second)
 	w := startWriteLoad(pr.p.v, workers, 21)
 	waitFor(t, "load running", 5*time.Second, func() bool { return w.completed.Load() >= 200 })
 	pr.blocked.Store(true)
-	pr.killLink()
+	cut()
 	waitFor(t, "every writer held", 10*time.Second, func() bool {
 		st := pr.p.v.Status()
 		return st.Held && st.HeldOps == workers && st.Conn != Connected
@@ -157,6 +163,22 @@ func testFencingHoldsWrites(t *testing.T, proto Protocol) {
 	}
 	if n := lost.Load(); n != 1 {
 		t.Fatalf("OnPeerLost called %d times, want 1", n)
+	}
+}
+
+// The peer stops (as its process would) under load: the same hold.
+func TestFencingPeerStopped(t *testing.T) {
+	const workers = 4
+	pr := newPair(t, fencingConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	lost := onPeerLost(pr.p)
+	w, held := cutWhileLoadedBy(t, pr, workers, pr.s.v.Stop)
+	if n := lost.Load(); n != 1 {
+		t.Fatalf("OnPeerLost called %d times, want 1", n)
+	}
+	w.stop.Store(true)
+	pr.p.v.SetPeerFenced(true)
+	if errs := w.finish(); len(errs) != 0 || w.completed.Load() != held+workers {
+		t.Fatalf("after SetPeerFenced: %d completed of %d held, errors %v", w.completed.Load()-held, workers, errs)
 	}
 }
 
