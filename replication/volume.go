@@ -417,6 +417,7 @@ func (v *Volume) isPrimary() bool {
 // Promote makes this node Primary. The local disk must be UpToDate, the
 // peer must not be Primary, and no resync may target this node. A node
 // promoted without its peer starts a new generation (GenIDs.Promote).
+// Success ends an AbandonIO (fence.go).
 func (v *Volume) Promote() error {
 	v.gate.Lock()
 	defer v.gate.Unlock()
@@ -450,6 +451,8 @@ func (v *Volume) Promote() error {
 
 // Demote makes this node Secondary. New I/O fails with ErrNotPrimary;
 // writes already started complete. Flush first to make them durable.
+// Held I/O (SuspendIO, fencing) is abandoned first, as by AbandonIO, so
+// Demote never waits for it.
 func (v *Volume) Demote() error {
 	v.abandonForDemote() // never wait for held I/O (fence.go)
 	v.gate.Lock()
