@@ -162,11 +162,12 @@ func (v *Volume) heldErrLocked() error {
 	return nil
 }
 
-// admit is the suspension gate every ReadAt, WriteAt, Discard and Flush
-// passes before anything else (checkIO).
-func (v *Volume) admit() error {
-	v.mu.Lock()
-	defer v.mu.Unlock()
+// admitLocked is the suspension gate every ReadAt, WriteAt, Discard and
+// Flush passes first (checkIO).
+func (v *Volume) admitLocked() error {
+	if !v.hold.suspended && !v.hold.abandoned {
+		return nil
+	}
 	return v.waitHoldLocked(false, func() (bool, error) {
 		switch {
 		case v.closed:
@@ -257,10 +258,25 @@ func (v *Volume) waitUnreplicatedFlush() (retry bool, err error) {
 	return retry, err
 }
 
+// primaryLink returns the current link and whether this node is still
+// Primary. The write path calls it holding v.gate shared, so the role
+// cannot change until the write is issued: a write that passed checkIO
+// before a Demote is not issued after it (it was never acknowledged, so
+// it fails with ErrAbandoned and ErrNotPrimary).
+func (v *Volume) primaryLink() (*link, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.link, v.role == RolePrimary
+}
+
 // ---- hooks from the engine (v.mu held) ----
 
-// fenceLinkUpLocked: a link to the peer was established (connect).
-func (v *Volume) fenceLinkUpLocked() {
+// linkUpLocked: a link to the peer was established (connect).
+func (v *Volume) linkUpLocked() {
+	if v.flags&FlagDiscardMyData != 0 {
+		v.flags &^= FlagDiscardMyData // used once (standalone.go)
+		v.log.Info("discard-my-data done: connected")
+	}
 	if v.hold.fenced {
 		v.hold.fenced = false
 		v.log.Info("fencing: peer connected; no longer fenced")

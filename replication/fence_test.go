@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -80,11 +81,17 @@ func (w *writeLoad) finish() []error {
 // write is held. It returns the load and the completions at that point.
 func cutWhileLoaded(t *testing.T, pr *pair, workers int) (*writeLoad, int64) {
 	t.Helper()
+	return cutWhileLoadedBy(t, pr, workers, pr.killLink)
+}
+
+// cutWhileLoadedBy is cutWhileLoaded with the cut done by cut.
+func cutWhileLoadedBy(t *testing.T, pr *pair, workers int, cut func()) (*writeLoad, int64) {
+	t.Helper()
 	pr.waitInSync(5 * time.Second)
 	w := startWriteLoad(pr.p.v, workers, 21)
 	waitFor(t, "load running", 5*time.Second, func() bool { return w.completed.Load() >= 200 })
 	pr.blocked.Store(true)
-	pr.killLink()
+	cut()
 	waitFor(t, "every writer held", 10*time.Second, func() bool {
 		st := pr.p.v.Status()
 		return st.Held && st.HeldOps == workers && st.Conn != Connected
@@ -103,8 +110,16 @@ func cutWhileLoaded(t *testing.T, pr *pair, workers int) (*writeLoad, int64) {
 }
 
 func TestFencingHoldsWritesUntilPeerFenced(t *testing.T) {
+	for _, proto := range []Protocol{ProtocolC, ProtocolB} {
+		t.Run(proto.String(), func(t *testing.T) { testFencingHoldsWrites(t, proto) })
+	}
+}
+
+func testFencingHoldsWrites(t *testing.T, proto Protocol) {
 	const workers = 8
-	pr := newPair(t, fencingConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	cfg := fencingConfig()
+	cfg.Protocol = proto
+	pr := newPair(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
 	lost := onPeerLost(pr.p)
 	w, held := cutWhileLoaded(t, pr, workers)
 	if n := lost.Load(); n != 1 {
@@ -148,6 +163,22 @@ func TestFencingHoldsWritesUntilPeerFenced(t *testing.T) {
 	}
 	if n := lost.Load(); n != 1 {
 		t.Fatalf("OnPeerLost called %d times, want 1", n)
+	}
+}
+
+// The peer stops (as its process would) under load: the same hold.
+func TestFencingPeerStopped(t *testing.T) {
+	const workers = 4
+	pr := newPair(t, fencingConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	lost := onPeerLost(pr.p)
+	w, held := cutWhileLoadedBy(t, pr, workers, pr.s.v.Stop)
+	if n := lost.Load(); n != 1 {
+		t.Fatalf("OnPeerLost called %d times, want 1", n)
+	}
+	w.stop.Store(true)
+	pr.p.v.SetPeerFenced(true)
+	if errs := w.finish(); len(errs) != 0 || w.completed.Load() != held+workers {
+		t.Fatalf("after SetPeerFenced: %d completed of %d held, errors %v", w.completed.Load()-held, workers, errs)
 	}
 }
 
@@ -417,5 +448,230 @@ func TestNoFencingWritesDegraded(t *testing.T) {
 	}
 	if st := n.v.Status(); st.Held || st.OutOfSyncBytes != 4096 {
 		t.Fatalf("status: %+v", st)
+	}
+}
+
+// A write that passed the role check before a Demote is not issued after
+// it: a demoted node acknowledges nothing.
+func TestWriteRacingDemoteNotIssued(t *testing.T) {
+	mem := blockdev.NewMemory(testSize)
+	n := newNode(t, mem, mem, syncedState("a", RolePrimary), testConfig())
+	defer n.v.Stop()
+	entered, release := make(chan struct{}), make(chan struct{})
+	n.v.SetHooks(Hooks{
+		BeforeWrite: func(off, l uint64) error {
+			close(entered)
+			<-release
+			return nil
+		},
+		AfterWrite: func(off, l uint64) {},
+	})
+	done := make(chan error, 1)
+	go func() { _, err := n.v.WriteAt(bytes.Repeat([]byte{9}, 4096), 0); done <- err }()
+	<-entered // past checkIO, not yet issued
+	if err := n.v.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if err := <-done; !errors.Is(err, ErrNotPrimary) || !errors.Is(err, ErrAbandoned) {
+		t.Fatalf("write racing Demote: %v, want ErrNotPrimary and ErrAbandoned", err)
+	}
+	b := make([]byte, 4096)
+	mem.ReadAt(b, 0)
+	if !bytes.Equal(b, make([]byte, 4096)) || n.v.Status().OutOfSyncBytes != 0 {
+		t.Fatal("a write was issued on a demoted node")
+	}
+}
+
+// A write and a flush pending on the peer when the link drops are held
+// after their local part, and complete once the peer is fenced.
+func TestFencingPendingWriteAndFlushHeld(t *testing.T) {
+	a, b := tcpPair(t)
+	mem := blockdev.NewMemory(testSize)
+	n := newNode(t, mem, mem, syncedState("a", RolePrimary), fencingConfig())
+	defer n.v.Stop()
+	lost := onPeerLost(n)
+	// The fake peer shakes hands, then reads without answering until it
+	// has seen a Write and a Flush, and hangs up.
+	go func() {
+		hs, _ := AppendFrame(nil, 1, 0, fakeHandshake(RoleSecondary))
+		b.Write(hs)
+		var write, flush bool
+		for !write || !flush {
+			f, _, err := ReadFrame(b, MaxPayload, nil)
+			if err != nil {
+				break
+			}
+			write = write || f.Type == MsgWrite
+			flush = flush || f.Type == MsgFlush
+		}
+		b.Close()
+	}()
+	errc := make(chan error, 1)
+	go func() { errc <- n.v.Attach(context.Background(), a) }()
+	waitFor(t, "connected", 5*time.Second, func() bool { return n.v.Status().Conn == Connected })
+	data := bytes.Repeat([]byte{5}, 3*4096)
+	done := make(chan error, 2)
+	go func() { _, err := n.v.WriteAt(data, 8192); done <- err }()
+	go func() { done <- n.v.Flush() }()
+	if err := <-errc; !errors.Is(err, ErrPeerGone) {
+		t.Fatalf("attach: %v", err)
+	}
+	waitFor(t, "both held", 5*time.Second, func() bool { return n.v.Status().HeldOps == 2 })
+	time.Sleep(5 * testConfig().PingInterval)
+	if len(done) != 0 {
+		t.Fatal("completed while held")
+	}
+	// The write is on the local disk and marked out of sync already.
+	b2 := make([]byte, len(data))
+	mem.ReadAt(b2, 8192)
+	if st := n.v.Status(); !bytes.Equal(b2, data) || st.OutOfSyncBytes != 3*4096 || !st.Held || lost.Load() != 1 {
+		t.Fatalf("while held: local data written %v, status %+v, OnPeerLost %d", bytes.Equal(b2, data), st, lost.Load())
+	}
+	n.v.SetPeerFenced(true)
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A flush pending on the peer when the link drops is redone on the next
+// link: it completes without SetPeerFenced once the peer has flushed.
+func TestFencingPendingFlushRedoneOnNewLink(t *testing.T) {
+	amem, bmem := blockdev.NewMemory(testSize), blockdev.NewMemory(testSize)
+	bdev := blockdev.NewFaulty(bmem)
+	// The peer's first flush takes a while: long enough to cut the link
+	// under it.
+	bdev.Inject(blockdev.Rule{Ops: blockdev.OpFlush, Latency: 500 * time.Millisecond, Times: 1})
+	a := newNode(t, amem, amem, syncedState("a", RolePrimary), fencingConfig())
+	b := newNode(t, bdev, bmem, syncedState("b", RoleSecondary), fencingConfig())
+	defer a.v.Stop()
+	defer b.v.Stop()
+	attach := func() (chan error, chan error) {
+		ca, cb := tcpPair(t)
+		ea, eb := make(chan error, 1), make(chan error, 1)
+		go func() { ea <- a.v.Attach(context.Background(), ca) }()
+		go func() { eb <- b.v.Attach(context.Background(), cb) }()
+		return ea, eb
+	}
+	ea, eb := attach()
+	waitFor(t, "established", 5*time.Second, func() bool {
+		return a.v.Status().Repl == Established && b.v.Status().Repl == Established
+	})
+	if _, err := a.v.WriteAt(bytes.Repeat([]byte{3}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.v.Flush() }()
+	waitFor(t, "peer flushing", 5*time.Second, func() bool { return bdev.Counts().Flushes >= 1 })
+	a.v.curLink().conn.Close() // the link drops under the peer's flush
+	<-ea
+	waitFor(t, "flush held", 5*time.Second, func() bool { return a.v.Status().HeldOps == 1 })
+	if len(done) != 0 {
+		t.Fatal("flush completed while the peer may not have flushed")
+	}
+	<-eb
+	ea, eb = attach()
+	if err := <-done; err != nil {
+		t.Fatalf("held flush: %v", err)
+	}
+	if st := a.v.Status(); st.Fenced || st.Held || bdev.Counts().Flushes < 2 {
+		t.Fatalf("after reconnect: %+v, peer flushes %d", st, bdev.Counts().Flushes)
+	}
+	a.v.Stop()
+	b.v.Stop()
+	<-ea
+	<-eb
+}
+
+// The failover sequence the failover manager drives, end to end: the
+// Primary loses its peer and holds; the Secondary is promoted with the
+// old Primary fenced and writes alone; the old Primary is demoted (its
+// held writes abandoned) and reconnects discarding its unacknowledged
+// changes. Every write the old Primary acknowledged is on the new one,
+// and both end identical.
+func TestFencingFailoverLosesNoAcknowledgedWrite(t *testing.T) {
+	const (
+		workers = 8
+		slot    = 4096
+		region  = testSize / 2 / workers
+	)
+	pr := newPair(t, fencingConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	pr.waitInSync(5 * time.Second)
+	slotData := func(w, i int) []byte {
+		b := bytes.Repeat([]byte{byte(w*31 + i)}, slot)
+		b[0], b[1] = byte(w), byte(i)
+		return b
+	}
+	var completed atomic.Int64
+	acked := make([]int, workers) // per worker: slots acknowledged
+	errs := make([]error, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < region/slot; i++ {
+				if _, err := pr.p.v.WriteAt(slotData(w, i), int64(w*region+i*slot)); err != nil {
+					errs[w] = err
+					return
+				}
+				acked[w] = i + 1
+				completed.Add(1)
+			}
+		}()
+	}
+	waitFor(t, "load running", 5*time.Second, func() bool { return completed.Load() >= 100 })
+	pr.blocked.Store(true)
+	pr.killLink()
+	waitFor(t, "writers held", 10*time.Second, func() bool { return pr.p.v.Status().HeldOps == workers })
+
+	// Takeover: the quorum recorded a outdated; b is promoted and serves.
+	pr.s.v.SetPeerFenced(true)
+	if err := pr.s.v.Promote(); err != nil {
+		t.Fatal(err)
+	}
+	newData := bytes.Repeat([]byte{0xEE}, 64<<10)
+	if _, err := pr.s.v.WriteAt(newData, testSize/2); err != nil {
+		t.Fatal(err)
+	}
+	// a learns it was replaced: demoted, held writes abandoned.
+	if err := pr.p.v.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for w, err := range errs {
+		if !errors.Is(err, ErrAbandoned) {
+			t.Fatalf("writer %d: %v, want ErrAbandoned", w, err)
+		}
+	}
+	// a rejoins as Secondary, discarding what it never acknowledged.
+	pr.p.v.SetDiscardMyData(true)
+	pr.blocked.Store(false)
+	waitFor(t, "a resynced from b", 10*time.Second, func() bool {
+		a, b := pr.p.v.Status(), pr.s.v.Status()
+		return a.Conn == Connected && a.Repl == Established && a.Disk == UpToDate && b.OutOfSyncBytes == 0 && b.PeerDisk == UpToDate
+	})
+	assertSame(t, pr.p.mem, pr.s.mem)
+	got := make([]byte, slot)
+	for w := range workers {
+		for i := range acked[w] {
+			pr.s.mem.ReadAt(got, int64(w*region+i*slot))
+			if !bytes.Equal(got, slotData(w, i)) {
+				t.Fatalf("acknowledged write %d of writer %d lost on the new primary", i, w)
+			}
+		}
+	}
+	got = make([]byte, len(newData))
+	pr.s.mem.ReadAt(got, testSize/2)
+	if !bytes.Equal(got, newData) {
+		t.Fatal("the new primary's write was lost")
+	}
+	pr.p.v.mu.Lock()
+	discard := pr.p.v.flags&FlagDiscardMyData != 0
+	pr.p.v.mu.Unlock()
+	if pr.p.v.Status().Role != RoleSecondary || discard {
+		t.Fatal("old primary: wrong role, or discard-my-data not cleared after use")
 	}
 }

@@ -414,7 +414,8 @@ func (l *link) handleStateChange(m *StateChange) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if m.Role == RolePrimary && v.role == RolePrimary {
-		return fmt.Errorf("%w: peer became primary while we are", ErrIncompatible)
+		l.log.Error("split brain detected: peer became primary while we are; disconnecting", "gen", v.gi.String(), "peer_gen", m.GI.String())
+		return fmt.Errorf("%w: peer became primary while we are", ErrSplitBrain)
 	}
 	v.peerRole = m.Role
 	v.peerGI = m.GI
@@ -713,7 +714,7 @@ var errRetryNow = errors.New("")
 // fatal reports whether err means reconnecting cannot help until an
 // operator acts.
 func fatal(err error) bool {
-	for _, e := range []error{ErrSplitBrain, ErrUnrelated, ErrVolumeMismatch, ErrIncompatible, ErrRRConflict, ErrClosed} {
+	for _, e := range []error{ErrSplitBrain, ErrUnrelated, ErrVolumeMismatch, ErrIncompatible, ErrRRConflict, ErrClosed, ErrPeerStandAlone} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -835,8 +836,6 @@ func (l *link) connect(ctx context.Context) error {
 			ErrIncompatible, hs.VolumeSize, hs.BlockSize, peer.VolumeSize, peer.BlockSize))
 	case peer.NodeName == hs.NodeName:
 		return l.refuse(DisconnectProtocol, fmt.Errorf("%w: both nodes are named %q", ErrIncompatible, peer.NodeName))
-	case peer.Role == RolePrimary && hs.Role == RolePrimary:
-		return l.refuse(DisconnectProtocol, fmt.Errorf("%w: both nodes are primary", ErrIncompatible))
 	}
 	l.log = l.log.With("peer_name", peer.NodeName)
 
@@ -844,6 +843,10 @@ func (l *link) connect(ctx context.Context) error {
 	pn := Node{Name: peer.NodeName, GI: peer.GI, Disk: peer.Disk, Role: peer.Role, CrashedPrimary: peer.Flags&FlagCrashedPrimary != 0}
 	res := Decide(local, pn)
 	d := res.Decision
+	if hs.Role == RolePrimary && peer.Role == RolePrimary && d != Unrelated {
+		// Both served I/O on their own: DRBD's after-sb-2pri disconnect.
+		return l.refuseSplitBrain(&hs, &peer, "both nodes are primary")
+	}
 	switch d {
 	case Unrelated:
 		return l.refuse(DisconnectUnrelated, fmt.Errorf("%w: local %v, peer %v (rule %d)", ErrUnrelated, hs.GI, peer.GI, res.Rule))
@@ -855,7 +858,7 @@ func (l *link) connect(ctx context.Context) error {
 			SBSide{Name: peer.NodeName, Role: peer.Role, PrimaryAtSplit: peer.GI.PrimaryAtSplit(), Changes: peer.DirtyBlocks, DiscardMyData: peer.Flags&FlagDiscardMyData != 0})
 		d = out.Decision(res.SplitBrainFull)
 		if d == SplitBrain {
-			return l.refuse(DisconnectSplitBrain, fmt.Errorf("%w: local %v, peer %v; resolve manually", ErrSplitBrain, hs.GI, peer.GI))
+			return l.refuseSplitBrain(&hs, &peer, "both nodes changed data since they last agreed; no policy resolves it")
 		}
 		l.log.Warn("split brain resolved by policy", "outcome", out.String())
 	}
@@ -944,7 +947,7 @@ func (l *link) connect(ctx context.Context) error {
 	v.peerName = peer.NodeName
 	v.peerRole = peer.Role
 	v.setConnLocked(Connected, d.String())
-	v.fenceLinkUpLocked()
+	v.linkUpLocked()
 	source := v.repl == SyncSource
 	v.mu.Unlock()
 
@@ -988,6 +991,8 @@ func (l *link) expect(m Message) error {
 			base = ErrIncompatible
 		case DisconnectNoUpToDateDisk:
 			base = ErrNoUpToDateSource
+		case DisconnectStandAlone:
+			base = ErrPeerStandAlone
 		}
 		return fmt.Errorf("%w: peer refused: %s", base, d.Reason)
 	}

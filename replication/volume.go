@@ -22,8 +22,9 @@ var (
 	ErrUnrelated = errors.New("replication: unrelated data")
 	// ErrVolumeMismatch: the peer serves another volume (UUIDs differ).
 	ErrVolumeMismatch = errors.New("replication: volume UUID mismatch")
-	// ErrIncompatible: protocol versions, replication protocol, size or
-	// block size differ, or both nodes are Primary.
+	// ErrIncompatible: protocol versions, replication protocol, size,
+	// block size or node names do not fit. (Two Primaries are a split
+	// brain: ErrSplitBrain.)
 	ErrIncompatible = errors.New("replication: incompatible peer")
 	// ErrNoUpToDateSource: a resync is needed but its source has no
 	// consistent data.
@@ -95,7 +96,8 @@ type State struct {
 	// survive another crash before then persists them in its bitmap
 	// first (as the agent does), or keeps the CrashedPrimary flag and the
 	// activity log until the resync ends.
-	ActivityLog   []Extent
+	ActivityLog []Extent
+	// DiscardMyData: see SetDiscardMyData.
 	DiscardMyData bool
 }
 
@@ -196,7 +198,7 @@ type Volume struct {
 	uuid  blockdev.UUID
 	name  string
 	hooks Hooks
-	flags HandshakeFlags
+	flags HandshakeFlags // under mu once Run starts (SetDiscardMyData)
 
 	// gate orders the connect-time exchange against the write path:
 	// writes hold it shared from choosing the link to the end of the
@@ -415,6 +417,7 @@ func (v *Volume) isPrimary() bool {
 // Promote makes this node Primary. The local disk must be UpToDate, the
 // peer must not be Primary, and no resync may target this node. A node
 // promoted without its peer starts a new generation (GenIDs.Promote).
+// Success ends an AbandonIO (fence.go).
 func (v *Volume) Promote() error {
 	v.gate.Lock()
 	defer v.gate.Unlock()
@@ -448,6 +451,8 @@ func (v *Volume) Promote() error {
 
 // Demote makes this node Secondary. New I/O fails with ErrNotPrimary;
 // writes already started complete. Flush first to make them durable.
+// Held I/O (SuspendIO, fencing) is abandoned first, as by AbandonIO, so
+// Demote never waits for it.
 func (v *Volume) Demote() error {
 	v.abandonForDemote() // never wait for held I/O (fence.go)
 	v.gate.Lock()
@@ -568,10 +573,11 @@ func (v *Volume) blockRange(off, n uint64) (uint64, uint64) {
 // ---- blockdev.Device ----
 
 func (v *Volume) checkIO(off int64, n int) error {
-	if err := v.admit(); err != nil {
+	v.mu.Lock()
+	if err := v.admitLocked(); err != nil {
+		v.mu.Unlock()
 		return err
 	}
-	v.mu.Lock()
 	role, closed := v.role, v.closed
 	v.mu.Unlock()
 	switch {
@@ -676,7 +682,13 @@ func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
 
 issue:
 	v.gate.RLock()
-	l := v.curLink()
+	l, primary := v.primaryLink()
+	if !primary {
+		v.gate.RUnlock()
+		ar.release()
+		ar.release()
+		return fmt.Errorf("replication: write offset %d length %d: demoted before it was issued: %w: %w", off, n, ErrAbandoned, ErrNotPrimary)
+	}
 	lo, hi := v.blockRange(off, n)
 	h := v.locks.lock(lo, hi)
 	var pw *pendingWrite
