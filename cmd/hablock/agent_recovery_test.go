@@ -67,6 +67,9 @@ func TestScenarioSplitBrainDiscardMyData(t *testing.T) {
 	}
 	out := p.admin(t, 1, "status")
 	t.Logf("n2 status after the split brain:\n%s", out)
+	if !strings.Contains(out, "split-brain:") || !strings.Contains(out, "--discard-my-data") {
+		t.Errorf("status after a split brain does not say so with the way out:\n%s", out)
+	}
 
 	// Manual recovery: n2 is the victim.
 	before := p.status(t, 0).Counters.ResyncBytes

@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -177,6 +178,14 @@ type Status struct {
 	Counters Counters `json:"counters"`
 	// LastError is the last replication error, empty if none.
 	LastError string `json:"last_error,omitempty"`
+}
+
+// SplitBrain reports whether the node gave up its connection because of a
+// split brain (both nodes wrote while apart and no policy resolved it):
+// StandAlone, with the engine's split-brain error as LastError. It lasts
+// until the next connect.
+func (s Status) SplitBrain() bool {
+	return s.Connection == "StandAlone" && strings.Contains(s.LastError, "split brain")
 }
 
 // Progress is the progress of a resync or verify.
