@@ -314,7 +314,7 @@ func formatStatus(st admin.Status) string {
 	if st.LastError != "" && st.Connection != "Connected" {
 		fmt.Fprintf(&b, "  last-error: %s\n", st.LastError)
 	}
-	if st.SplitBrain() {
+	if st.SplitBrain || st.IsSplitBrain() {
 		node := st.Node
 		if node == "" {
 			node = "this node"

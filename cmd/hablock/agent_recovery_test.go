@@ -63,6 +63,9 @@ func TestScenarioSplitBrainDiscardMyData(t *testing.T) {
 			return standAlone(st) && strings.Contains(strings.ToLower(st.LastError), "split brain")
 		})
 		oos[i] = st.OutOfSyncBytes
+		if !st.SplitBrain {
+			t.Errorf("%s: status --json has no split_brain: true after a split brain", scenarioNodes[i])
+		}
 		t.Logf("%s: connection %s, out of sync %d, last_error %q", scenarioNodes[i], st.Connection, st.OutOfSyncBytes, st.LastError)
 	}
 	out := p.admin(t, 1, "status")
