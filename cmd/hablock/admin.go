@@ -314,6 +314,15 @@ func formatStatus(st admin.Status) string {
 	if st.LastError != "" && st.Connection != "Connected" {
 		fmt.Fprintf(&b, "  last-error: %s\n", st.LastError)
 	}
+	if st.SplitBrain || st.IsSplitBrain() {
+		node := st.Node
+		if node == "" {
+			node = "this node"
+		}
+		fmt.Fprintf(&b, "  split-brain: both nodes wrote while apart; nothing is synced until you choose whose changes to discard (hablock connect --help):\n")
+		fmt.Fprintf(&b, "    keep %s's data: on %s: hablock secondary, then hablock connect --discard-my-data; here: hablock connect\n", node, peer)
+		fmt.Fprintf(&b, "    keep %s's data: here: hablock secondary, then hablock connect --discard-my-data; on %s: hablock connect\n", peer, peer)
+	}
 	return b.String()
 }
 

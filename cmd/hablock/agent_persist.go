@@ -253,7 +253,14 @@ func (p *persister) dirty(off, n uint64) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.bm.Set(off, n)
+	if added, err := p.bm.Set(off, n); err == nil && added == 0 {
+		// Every bit set in p.bm is persisted as set (chunks only wait in
+		// pending for bits being cleared), so there is nothing to write.
+		// This keeps the connect-time report of the merged bitmap (one
+		// call per dirty run, within the handshake timeout) from
+		// rewriting chunks the node already has.
+		return
+	}
 	from, to := p.chunkRange(off, n)
 	var idxs []uint64
 	for i := from; i <= to; i++ {

@@ -63,10 +63,16 @@ func TestScenarioSplitBrainDiscardMyData(t *testing.T) {
 			return standAlone(st) && strings.Contains(strings.ToLower(st.LastError), "split brain")
 		})
 		oos[i] = st.OutOfSyncBytes
+		if !st.SplitBrain {
+			t.Errorf("%s: status --json has no split_brain: true after a split brain", scenarioNodes[i])
+		}
 		t.Logf("%s: connection %s, out of sync %d, last_error %q", scenarioNodes[i], st.Connection, st.OutOfSyncBytes, st.LastError)
 	}
 	out := p.admin(t, 1, "status")
 	t.Logf("n2 status after the split brain:\n%s", out)
+	if !strings.Contains(out, "split-brain:") || !strings.Contains(out, "--discard-my-data") {
+		t.Errorf("status after a split brain does not say so with the way out:\n%s", out)
+	}
 
 	// Manual recovery: n2 is the victim.
 	before := p.status(t, 0).Counters.ResyncBytes

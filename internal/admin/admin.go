@@ -34,6 +34,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -177,6 +178,18 @@ type Status struct {
 	Counters Counters `json:"counters"`
 	// LastError is the last replication error, empty if none.
 	LastError string `json:"last_error,omitempty"`
+	// SplitBrain: the connection was given up because of a split brain
+	// (IsSplitBrain); recover with connect --discard-my-data on the node
+	// whose changes are to be lost. Filled by the Server.
+	SplitBrain bool `json:"split_brain,omitempty"`
+}
+
+// IsSplitBrain reports whether the node gave up its connection because of
+// a split brain (both nodes wrote while apart and no policy resolved it):
+// StandAlone, with the engine's split-brain error as LastError. It lasts
+// until the next connect. The Server fills Status.SplitBrain with it.
+func (s Status) IsSplitBrain() bool {
+	return s.Connection == "StandAlone" && strings.Contains(s.LastError, "split brain")
 }
 
 // Progress is the progress of a resync or verify.

@@ -296,3 +296,23 @@ func jsonDecode(resp *http.Response, v any) error {
 	defer resp.Body.Close()
 	return json.NewDecoder(resp.Body).Decode(v)
 }
+
+func TestStatusSplitBrainDerived(t *testing.T) {
+	node := newFakeNode()
+	c, _ := serve(t, node)
+	ctx := context.Background()
+	st, err := c.Status(ctx)
+	if err != nil || st.SplitBrain {
+		t.Fatalf("plain StandAlone: split_brain %v, err %v", st.SplitBrain, err)
+	}
+	node.mu.Lock()
+	node.st.LastError = "replication: split brain: local A, peer B; resolve manually"
+	node.mu.Unlock()
+	if st, err = c.Status(ctx); err != nil || !st.SplitBrain {
+		t.Fatalf("after a split brain: split_brain %v, err %v", st.SplitBrain, err)
+	}
+	// An action's answer carries it too; once connected it is gone.
+	if st, err = c.Connect(ctx, true); err != nil || st.SplitBrain {
+		t.Fatalf("connected: split_brain %v, err %v", st.SplitBrain, err)
+	}
+}

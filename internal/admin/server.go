@@ -42,7 +42,7 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	s := &Server{node: node, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, node.Status(r.Context()))
+		writeJSON(w, http.StatusOK, s.status(r.Context()))
 	})
 	s.action(mux, "connect", func(ctx context.Context, f flags) error { return node.Connect(ctx, f.discardMyData) }, "discard-my-data")
 	s.action(mux, "disconnect", func(ctx context.Context, _ flags) error { return node.Disconnect(ctx) })
@@ -108,8 +108,15 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 			return
 		}
 		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair, "discard_my_data", f.discardMyData)
-		writeJSON(w, http.StatusOK, s.node.Status(r.Context()))
+		writeJSON(w, http.StatusOK, s.status(r.Context()))
 	})
+}
+
+// status is the node's Status with the derived fields filled in.
+func (s *Server) status(ctx context.Context) Status {
+	st := s.node.Status(ctx)
+	st.SplitBrain = st.IsSplitBrain()
+	return st
 }
 
 // methodCheck answers 405 for a known path with the wrong method (the
