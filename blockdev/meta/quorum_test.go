@@ -29,10 +29,10 @@ func TestQuorumRoundTrip(t *testing.T) {
 		t.Errorf("after reopen: %+v, %v; want %+v", q, err, want)
 	}
 	for _, bad := range []Quorum{
-		{Epoch: 1, Primary: "n1", UpToDate: []string{"n2"}, Voted: 1},        // primary not up to date
-		{Epoch: 1, Primary: "n1", UpToDate: []string{"n2", "n1"}, Voted: 1},  // unsorted
-		{Epoch: 1, Primary: "n1", UpToDate: []string{"n1", "n1"}, Voted: 1},  // repeated
-		{Epoch: 2, Primary: "n1", UpToDate: []string{"n1"}, Voted: 1},        // voted below epoch
+		{Epoch: 1, Primary: "n1", UpToDate: []string{"n2"}, Voted: 1},       // primary not up to date
+		{Epoch: 1, Primary: "n1", UpToDate: []string{"n2", "n1"}, Voted: 1}, // unsorted
+		{Epoch: 1, Primary: "n1", UpToDate: []string{"n1", "n1"}, Voted: 1}, // repeated
+		{Epoch: 2, Primary: "n1", UpToDate: []string{"n1"}, Voted: 1},       // voted below epoch
 		{Epoch: 1, Primary: "n\x01", UpToDate: []string{"n\x01"}, Voted: 1}, // control character
 	} {
 		if err := s.SetQuorum(bad); err == nil {
