@@ -77,7 +77,7 @@ func TestDecideInvariants(t *testing.T) {
 		for bits := range 1 << 12 {
 			b := func(i int) bool { return bits&(1<<i) != 0 }
 			v := View{Me: "n1", Peer: "n2", State: st,
-				Facts: Facts{Role: Role(bits & 1), UpToDate: b(1), Connected: b(2), PeerUpToDate: b(3), Held: b(4), Suspended: b(5)},
+				Facts:     Facts{Role: Role(bits & 1), UpToDate: b(1), Connected: b(2), PeerUpToDate: b(3), Held: b(4), Suspended: b(5)},
 				PeerHeard: b(6), WitnessHeard: b(7), Suspended: b(8), AwaitingPromote: b(9), PeerSettled: b(10)}
 			if b(11) {
 				v.AutoFailback = "n2"
