@@ -113,6 +113,7 @@ type cluster struct {
 	mgr    map[string]*Manager
 	local  map[string]*memLocal
 	log    *opLog
+	hook   func(*Manager)
 
 	mu   sync.Mutex
 	cut  map[[2]string]bool // directed control-traffic drops
@@ -121,7 +122,11 @@ type cluster struct {
 
 var nextPort = 24000
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
+
+// newClusterWith builds a cluster; tune edits each Config and hook each
+// Manager before it starts (either may be nil).
+func newClusterWith(t *testing.T, tune func(*Config), hook func(*Manager)) *cluster {
 	t.Helper()
 	base := nextPort
 	nextPort += 20
@@ -136,13 +141,18 @@ func newCluster(t *testing.T) *cluster {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	c := &cluster{t: t, cfg: map[string]Config{}, dirs: map[string]string{}, stores: map[string]*meta.Store{},
-		mgr: map[string]*Manager{}, local: map[string]*memLocal{}, log: &opLog{}, cut: map[[2]string]bool{}}
+		mgr: map[string]*Manager{}, local: map[string]*memLocal{}, log: &opLog{}, cut: map[[2]string]bool{}, hook: hook}
 	for _, m := range members {
 		c.cfg[m.Name] = Config{Resource: "r0", Me: m.Name, Members: members,
 			HeartbeatInterval: 30 * time.Millisecond, HeartbeatTimeout: 300 * time.Millisecond,
 			VoteTimeout: time.Second, PromoteTimeout: 5 * time.Second, FailbackSettle: time.Hour,
 			Serf: SerfConfig{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3,
 				SuspicionMaxTimeoutMult: 1, GossipInterval: 50 * time.Millisecond, ReconnectInterval: time.Second}}
+		if tune != nil {
+			cfg := c.cfg[m.Name]
+			tune(&cfg)
+			c.cfg[m.Name] = cfg
+		}
 		c.dirs[m.Name] = filepath.Join(dir, m.Name)
 		s, err := meta.CreateWitness(c.dirs[m.Name], meta.WitnessIdentity{Resource: "r0", Node: m.Name}, false, meta.DefaultOptions())
 		if err != nil {
@@ -176,6 +186,9 @@ func (c *cluster) start(name string) {
 		c.t.Fatal(err)
 	}
 	m.partition = c.blocked
+	if c.hook != nil {
+		c.hook(m)
+	}
 	if err := m.Start(context.Background()); err != nil {
 		c.t.Fatal(err)
 	}

@@ -76,6 +76,11 @@ type Manager struct {
 	// (heartbeats, votes, promote requests) from -> to, to model a cut
 	// link without network namespaces. Serf traffic is not affected.
 	partition func(from, to string) bool
+	// delay, set only by tests before Start, holds each heartbeat
+	// from -> to this long before sending it (a user-space delay line:
+	// this kernel has no netem).
+	delay  func(from, to string) time.Duration
+	maxGap map[string]time.Duration // guarded by mu
 }
 
 // Decision is the last decision of a node, for Status.
@@ -117,7 +122,7 @@ func NewManager(cfg Config, local Local, store RecordStore, log *slog.Logger) (*
 	m := &Manager{cfg: cfg, local: local, store: store, log: log.With("node", cfg.Me),
 		peer: cfg.peerOf(cfg.Me), witness: cfg.witness(), state: st,
 		notify: make(chan struct{}, 1), heard: map[string]time.Time{}, lastHB: map[string]Heartbeat{},
-		addrs: map[string]*net.UDPAddr{}}
+		addrs: map[string]*net.UDPAddr{}, maxGap: map[string]time.Duration{}}
 	return m, nil
 }
 
@@ -300,7 +305,11 @@ func (m *Manager) heartbeatLoop() {
 			m.log.Error("encode heartbeat", "err", err)
 		} else {
 			for name, a := range m.addrs {
-				if !m.blocked(m.cfg.Me, name) {
+				switch {
+				case m.blocked(m.cfg.Me, name):
+				case m.delay != nil:
+					time.AfterFunc(m.delay(m.cfg.Me, name), func() { m.udp.WriteToUDP(b, a) })
+				default:
 					m.udp.WriteToUDP(b, a) // loss is what heartbeats measure
 				}
 			}
@@ -337,8 +346,12 @@ func (m *Manager) udpLoop() {
 		if m.blocked(hb.From, m.cfg.Me) {
 			continue
 		}
+		now := time.Now()
 		m.mu.Lock()
-		m.heard[hb.From] = time.Now()
+		if _, ok := m.lastHB[hb.From]; ok {
+			m.maxGap[hb.From] = max(m.maxGap[hb.From], now.Sub(m.heard[hb.From]))
+		}
+		m.heard[hb.From] = now
 		m.lastHB[hb.From] = hb
 		m.mu.Unlock()
 		if hb.Record.Epoch > m.durable().Record.Epoch {
@@ -878,9 +891,14 @@ type MemberStatus struct {
 	Serf string `json:"serf"`
 	// HeartbeatAgeMS is the age of its last heartbeat in milliseconds;
 	// -1 if never heard.
-	HeartbeatAgeMS int64  `json:"heartbeat_age_ms"`
-	Epoch          uint64 `json:"epoch"`
-	Role           string `json:"role,omitempty"`
+	HeartbeatAgeMS int64 `json:"heartbeat_age_ms"`
+	// HeartbeatMaxGapMS is the longest time between two of its
+	// heartbeats seen since Start, in milliseconds: compare it with
+	// heartbeat-timeout to see how close the cluster came to a false
+	// failover.
+	HeartbeatMaxGapMS int64  `json:"heartbeat_max_gap_ms"`
+	Epoch             uint64 `json:"epoch"`
+	Role              string `json:"role,omitempty"`
 }
 
 // Status returns the current snapshot.
@@ -917,6 +935,7 @@ func (m *Manager) Status() Status {
 		if hb, ok := m.lastHB[o.Name]; ok {
 			age := time.Since(m.heard[o.Name])
 			ms.HeartbeatAgeMS = age.Milliseconds()
+			ms.HeartbeatMaxGapMS = m.maxGap[o.Name].Milliseconds()
 			ms.Epoch = hb.Record.Epoch
 			ms.Role = hb.Facts.Role.String()
 			if hb.Witness {
