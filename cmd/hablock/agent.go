@@ -100,6 +100,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
+	if res, err := config.Load(cfgPath); err == nil && res.IsWitness(nodeName) {
+		return runWitness(res, nodeName, cfgPath, log) // the diskless quorum member: cmd/hablock/witness.go
+	}
 	res, node, err := loadNode(cfgPath, nodeName)
 	if err != nil {
 		return err
