@@ -115,7 +115,7 @@ func (w *witnessNode) Status(ctx context.Context) admin.Status {
 		PeerRole: "Primary", PeerDisk: "DUnknown", Connection: conn, Replication: "Off", Epoch: st.Record.Epoch}
 }
 
-func (w *witnessNode) Connect(context.Context) error       { return errWitness }
+func (w *witnessNode) Connect(context.Context, bool) error { return errWitness }
 func (w *witnessNode) Disconnect(context.Context) error    { return errWitness }
 func (w *witnessNode) Primary(context.Context, bool) error { return errWitness }
 func (w *witnessNode) Secondary(context.Context) error     { return errWitness }
