@@ -33,7 +33,8 @@ Usage:
   go run ./benchmarks/resync [flags]          (from the module root, as root)
 
 Setup (everything on 127.0.0.1, files in one temporary directory under --dir)
-  A resource file with both nodes on 127.0.0.1 (net { resync-rate unlimited }),
+  A resource file with both nodes on 127.0.0.1 (net { connect-retry-min 100ms ;
+  connect-retry-max 1s ; resync-rate unlimited }, every other key at its default),
   'hablock create-md' on n1 and on n2 (--uuid of n1), 'hablock agent' for
   each, 'hablock primary --force' on n1, and a wait until the initial full
   sync of the --size volume has finished (n1 Connected, both UpToDate).
