@@ -33,9 +33,14 @@ const (
 	ActResume
 	// ActFailback: auto-failback: switch over to Target.
 	ActFailback
+	// ActDropLink: the peer is silent on the control channel but the
+	// replication link still looks up (a dead host's connection lingers
+	// until the engine's timeouts): Local.DropLink, so that the next
+	// decision sees the link down and fences or takes over.
+	ActDropLink
 )
 
-var actionNames = [...]string{"none", "reacquire", "fence", "readmit", "takeover", "demote", "suspend", "resume", "failback"}
+var actionNames = [...]string{"none", "reacquire", "fence", "readmit", "takeover", "demote", "suspend", "resume", "failback", "drop-link"}
 
 func (k ActionKind) String() string {
 	if int(k) < len(actionNames) {
@@ -105,6 +110,9 @@ func Decide(v View) Action {
 		return Action{Reason: "no primary recorded yet (epoch 0): waiting for `hablock primary --force`"}
 
 	case v.Me:
+		if f.Connected && !v.PeerHeard && f.Role == RolePrimary && !f.Held {
+			return Action{Kind: ActDropLink, Reason: "the peer is silent for heartbeat-timeout but the replication link looks up: drop it (then fence)"}
+		}
 		if f.Role != RolePrimary {
 			switch {
 			case v.AwaitingPromote:
@@ -161,6 +169,8 @@ func Decide(v View) Action {
 				Reason: fmt.Sprintf("epoch %d names %s primary: demote and discard what the new primary does not have", rec.Epoch, rec.Primary)}
 		}
 		switch {
+		case f.Connected && !v.PeerHeard && rec.Has(v.Me):
+			return Action{Kind: ActDropLink, Reason: "the primary is silent for heartbeat-timeout but the replication link looks up: drop it (then take over)"}
 		case !rec.Has(v.Me):
 			return Action{Reason: "outdated in the record: waiting for resync and readmission"}
 		case f.Connected || v.PeerHeard:

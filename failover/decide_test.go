@@ -30,18 +30,18 @@ func TestDecideTable(t *testing.T) {
 		{"primary, alone, degraded", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: Facts{Role: RolePrimary, UpToDate: true}}, ActSuspend, Record{}},
 		{"primary, alone, already suspended", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: Facts{Role: RolePrimary, UpToDate: true}, Suspended: true}, ActNone, Record{}},
 		{"primary, majority back", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: Facts{Role: RolePrimary, UpToDate: true}, WitnessHeard: true, Suspended: true}, ActResume, Record{}},
-		{"primary, peer resynced", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: primary, WitnessHeard: true}, ActReadmit, rec(6, "n1", "n1", "n2")},
-		{"primary, peer connected, resyncing", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: Facts{Role: RolePrimary, UpToDate: true, Connected: true}}, ActNone, Record{}},
-		{"primary, failback due", View{State: Durable{both, 4}, Facts: primary, AutoFailback: "n2", PeerSettled: true}, ActFailback, Record{}},
-		{"primary, failback not settled", View{State: Durable{both, 4}, Facts: primary, AutoFailback: "n2"}, ActNone, Record{}},
-		{"primary, failback to self", View{State: Durable{both, 4}, Facts: primary, AutoFailback: "n1", PeerSettled: true}, ActNone, Record{}},
+		{"primary, peer resynced", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: primary, PeerHeard: true, WitnessHeard: true}, ActReadmit, rec(6, "n1", "n1", "n2")},
+		{"primary, peer connected, resyncing", View{State: Durable{rec(5, "n1", "n1"), 5}, Facts: Facts{Role: RolePrimary, UpToDate: true, Connected: true}, PeerHeard: true}, ActNone, Record{}},
+		{"primary, failback due", View{State: Durable{both, 4}, Facts: primary, PeerHeard: true, AutoFailback: "n2", PeerSettled: true}, ActFailback, Record{}},
+		{"primary, failback not settled", View{State: Durable{both, 4}, Facts: primary, PeerHeard: true, AutoFailback: "n2"}, ActNone, Record{}},
+		{"primary, failback to self", View{State: Durable{both, 4}, Facts: primary, PeerHeard: true, AutoFailback: "n1", PeerSettled: true}, ActNone, Record{}},
 		{"restart as recorded primary", View{State: Durable{both, 4}, Facts: Facts{UpToDate: true}, WitnessHeard: true}, ActReacquire, rec(5, "n1", "n1")},
 		{"restart, peer in sync", View{State: Durable{both, 4}, Facts: secondary}, ActReacquire, rec(5, "n1", "n1", "n2")},
 		{"restart, alone", View{State: Durable{both, 4}, Facts: Facts{UpToDate: true}}, ActNone, Record{}},
 		{"restart, disk not up to date", View{State: Durable{both, 4}, Facts: Facts{}, WitnessHeard: true}, ActNone, Record{}},
 		{"awaiting switchover promote", View{State: Durable{both, 4}, Facts: secondary, AwaitingPromote: true}, ActNone, Record{}},
 		{"replaced primary returns", View{State: Durable{rec(6, "n2", "n2"), 6}, Facts: primary}, ActDemote, Record{}},
-		{"secondary, primary alive", View{State: Durable{rec(6, "n2", "n1", "n2"), 6}, Facts: secondary, WitnessHeard: true}, ActNone, Record{}},
+		{"secondary, primary alive", View{State: Durable{rec(6, "n2", "n1", "n2"), 6}, Facts: secondary, PeerHeard: true, WitnessHeard: true}, ActNone, Record{}},
 		{"secondary, link cut, primary heard", View{State: Durable{rec(6, "n2", "n1", "n2"), 6}, Facts: Facts{UpToDate: true}, PeerHeard: true, WitnessHeard: true}, ActNone, Record{}},
 		{"secondary, primary dead", View{State: Durable{rec(6, "n2", "n1", "n2"), 6}, Facts: Facts{UpToDate: true}, WitnessHeard: true}, ActTakeover, rec(7, "n1", "n1")},
 		{"secondary, primary dead, no witness", View{State: Durable{rec(6, "n2", "n1", "n2"), 6}, Facts: Facts{UpToDate: true}}, ActNone, Record{}},
@@ -110,6 +110,10 @@ func TestDecideInvariants(t *testing.T) {
 			case ActTakeover:
 				if v.Facts.Connected || v.PeerHeard || !st.Record.Has("n1") || st.Record.Primary != "n2" {
 					t.Fatalf("takeover while the primary is heard, or not up to date: %s", where)
+				}
+			case ActDropLink:
+				if !v.Facts.Connected || v.PeerHeard {
+					t.Fatalf("drops a link that is down or whose peer is heard: %s", where)
 				}
 			case ActReacquire:
 				if st.Record.Primary != "n1" || v.AwaitingPromote {

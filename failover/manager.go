@@ -649,6 +649,9 @@ func (m *Manager) act(ctx context.Context, v View, a Action) error {
 		m.event("resumed I/O")
 	case ActFailback:
 		return m.switchoverLocked(ctx, a.Target)
+	case ActDropLink:
+		m.local.DropLink(a.Reason)
+		m.event("dropped the replication link: " + a.Reason)
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ type adminSpec struct {
 	// op performs the request; nil for status.
 	op func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error)
 	// which optional flags the command takes
-	force, repair, wait, json, discard bool
+	force, repair, wait, json, discard, to bool
 	// waitKind is what --wait follows after op: "sync" (the
 	// connection and its resync) or "verify".
 	waitKind string
@@ -47,6 +47,7 @@ type adminOpts struct {
 	config, node, socket string
 	force, repair, wait  bool
 	json, discard        bool
+	to                   string
 	timeout              time.Duration
 }
 
@@ -126,6 +127,29 @@ flushed, and the node only applies the peer's writes.
 
 Examples:
   hablock secondary --config /etc/hablock/r0.conf --node n1
+`},
+	{name: "switchover", summary: "hand the Primary role to the peer, planned, with no I/O error (automatic failover)", to: true,
+		op: func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error) {
+			return c.Switchover(ctx, o.to)
+		},
+		help: `Move the Primary role to the other disk node in a planned way (maintenance,
+failback), on a resource with a witness. Run it on the current Primary.
+It is refused unless the peer is connected and UpToDate. The steps:
+  1. this node holds new I/O (held commands are neither answered nor
+     failed) and flushes both disks;
+  2. a quorum vote records the peer as Primary of the next epoch;
+  3. this node gives up the VIP and demotes, keeping its iSCSI
+     connections open but silent;
+  4. the peer promotes, starts its target, takes the VIP (gratuitous
+     ARP) and resets the initiators' old connections (tickle ACK);
+  5. this node closes its connections: initiators reconnect to the new
+     Primary on their first try and retry the held commands.
+Initiators see a short stall and no error. "hablock status" on either
+node shows the new epoch.
+
+Examples:
+  hablock switchover --config /etc/hablock/r0.conf --node n1
+  hablock switchover --config /etc/hablock/r0.conf --node n1 --to n2
 `},
 	{name: "invalidate", summary: "discard this node's data: full resync from the peer on the next connect",
 		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
@@ -207,6 +231,9 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	}
 	if spec.wait {
 		fs.BoolVar(&o.wait, "wait", false, "follow the progress until it finishes")
+	}
+	if spec.to {
+		fs.StringVar(&o.to, "to", "", "the `node` to hand the role to (default: the peer, the only choice)")
 	}
 	if spec.discard {
 		fs.BoolVar(&o.discard, "discard-my-data", false, "if a split brain is found, give up this node's changes and resync from the peer (see above)")
@@ -323,7 +350,37 @@ func formatStatus(st admin.Status) string {
 		fmt.Fprintf(&b, "    keep %s's data: on %s: hablock secondary, then hablock connect --discard-my-data; here: hablock connect\n", node, peer)
 		fmt.Fprintf(&b, "    keep %s's data: here: hablock secondary, then hablock connect --discard-my-data; on %s: hablock connect\n", peer, peer)
 	}
+	if f := st.Failover; f != nil {
+		q := "no"
+		if f.Quorum {
+			q = "yes"
+		}
+		fmt.Fprintf(&b, "  failover: epoch:%d primary:%s up-to-date:%s quorum:%s", f.Record.Epoch, orNone(f.Record.Primary), orNone(strings.Join(f.Record.UpToDate, ",")), q)
+		if f.Suspended {
+			b.WriteString(" io:suspended")
+		}
+		b.WriteString("\n")
+		for _, m := range f.Members {
+			fmt.Fprintf(&b, "    %s serf:%s heartbeat:", m.Name, m.Serf)
+			if m.HeartbeatAgeMS < 0 {
+				b.WriteString("never")
+			} else {
+				fmt.Fprintf(&b, "%dms-ago", m.HeartbeatAgeMS)
+			}
+			b.WriteString("\n")
+		}
+		if f.Last.Reason != "" {
+			fmt.Fprintf(&b, "    last-decision: %s: %s\n", f.Last.Action, f.Last.Reason)
+		}
+	}
 	return b.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func isResync(repl string) bool {

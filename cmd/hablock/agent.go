@@ -119,6 +119,10 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err := a.openVIP(); err != nil {
 		return err
 	}
+	if err := a.startFailover(); err != nil {
+		return err
+	}
+	defer a.stopFailover() // before close: no decision while shutting down
 
 	adminLn, err := admin.Listen(node.Admin)
 	if err != nil {
@@ -205,6 +209,10 @@ type agent struct {
 	exp       *exporter
 	vip       *failover.VIP     // nil without iscsi.vip
 	tickler   *failover.Tickler // nil without iscsi.vip
+	// mgr is the failover manager: nil without a witness (manual
+	// failover). Set once before the peer link starts; read by engine
+	// hooks on their own goroutines.
+	mgr       atomic.Pointer[failover.Manager]
 	verifying bool
 	verifyAt  time.Time
 	verifyRes *admin.VerifyResult
@@ -339,6 +347,7 @@ func (a *agent) newVolume(st replication.State) (*replication.Volume, error) {
 		OnGenIDs:      a.persist.genIDs,
 		OnBitmapDirty: a.persist.dirty,
 		OnBitmapClean: a.persist.clean,
+		OnPeerLost:    a.notifyFailover,
 		BeforeWrite:   a.al.before,
 		AfterWrite:    a.al.after,
 	})
@@ -423,6 +432,10 @@ func replicationConfig(res *config.Resource, size int64) (replication.Config, er
 		return c, err
 	}
 	c.SplitBrain = sb
+	// With a witness, failover is automatic: a Primary that loses its
+	// peer holds writes until a majority has recorded the peer outdated
+	// (DRBD's fencing resource-only, with the quorum as fence-peer).
+	c.Fencing = res.Witness != nil
 	// TODO(issue 3): net.ko-count and net.verify-alg have no engine
 	// counterpart yet (verify always uses sha256; no ko-count expulsion).
 	return c, c.Validate()
@@ -552,6 +565,11 @@ func (a *agent) Status(context.Context) admin.Status {
 			ResyncBytes: s.ResyncBytes, LocalErrors: s.LocalErrors},
 		LastError:    s.LastError,
 		VerifyResult: vres,
+	}
+	if m := a.mgr.Load(); m != nil {
+		fs := m.Status()
+		out.Failover = &fs
+		out.Epoch = fs.Record.Epoch
 	}
 	if s.ResyncTotal > 0 {
 		out.Sync = admin.NewProgress(s.ResyncDone, s.ResyncTotal, s.ResyncRate, s.Repl.IsResync(), s.ResyncPaused)
@@ -687,6 +705,9 @@ func (a *agent) stopRunLocked() bool {
 }
 
 func (a *agent) Primary(ctx context.Context, force bool) error {
+	if m := a.mgr.Load(); m != nil {
+		return a.primaryByVote(ctx, m, force)
+	}
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	v := a.volume()
@@ -781,6 +802,10 @@ func freshGen() uint64 {
 }
 
 func (a *agent) Secondary(context.Context) error {
+	if a.mgr.Load() != nil {
+		return fmt.Errorf("%w: automatic failover is on (witness %s): a Primary demoted by hand would just be replaced; run `hablock switchover` to hand the role to %s",
+			admin.ErrConflict, a.res.Witness.Name, a.peer.Name)
+	}
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	if a.vip != nil {

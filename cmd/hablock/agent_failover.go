@@ -10,6 +10,7 @@ import (
 
 	"github.com/hablock/hablock/blockdev/meta"
 	"github.com/hablock/hablock/failover"
+	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/replication"
 )
 
@@ -236,5 +237,106 @@ func (a *agent) closeVIP() {
 	}
 	if a.tickler != nil {
 		a.tickler.Close()
+	}
+}
+
+// notifyFailover is the engine's OnPeerLost hook: the manager decides at
+// once (fence the peer or give way) instead of at its next tick.
+func (a *agent) notifyFailover() {
+	if m := a.mgr.Load(); m != nil {
+		m.Notify()
+	}
+}
+
+// startFailover starts the failover manager when the resource has a
+// witness. It must run after openVIP (a stale VIP is gone before this
+// node is heard) and before the peer link starts.
+func (a *agent) startFailover() error {
+	if a.res.Witness == nil {
+		return nil
+	}
+	cfg, err := failover.ConfigFor(a.res, a.node.Name)
+	if err != nil {
+		return err
+	}
+	m, err := failover.NewManager(cfg, a, failover.MetaStore(a.store), a.engineLog)
+	if err != nil {
+		return err
+	}
+	if err := m.Start(a.ctx); err != nil {
+		return err
+	}
+	a.mgr.Store(m)
+	return nil
+}
+
+func (a *agent) stopFailover() {
+	if m := a.mgr.Load(); m != nil {
+		if err := m.Close(); err != nil {
+			a.log.Error("stop failover manager", "err", err)
+		}
+	}
+}
+
+// Switchover is admin.Node.Switchover.
+func (a *agent) Switchover(ctx context.Context, to string) error {
+	m := a.mgr.Load()
+	if m == nil {
+		return fmt.Errorf("%w: resource %s has no witness, so no automatic failover: move the role by hand with `hablock secondary` here and `hablock primary` on %s",
+			admin.ErrConflict, a.res.Name, a.peer.Name)
+	}
+	if to != "" && to != a.peer.Name {
+		return fmt.Errorf("%w: --to %q: the only other disk node of resource %s is %s", admin.ErrBadRequest, to, a.res.Name, a.peer.Name)
+	}
+	if err := m.Switchover(ctx, to); err != nil {
+		return adminErr(err)
+	}
+	return nil
+}
+
+// adminErr maps the failover manager's refusals onto admin error codes.
+func adminErr(err error) error {
+	switch {
+	case errors.Is(err, failover.ErrNotReady), errors.Is(err, failover.ErrNotPrimary), errors.Is(err, failover.ErrRefused):
+		return fmt.Errorf("%w: %w", admin.ErrConflict, err)
+	}
+	return err
+}
+
+// primaryByVote is `hablock primary` with automatic failover: the role
+// is taken through a quorum vote (failover.Manager.Promote), which then
+// calls Promote above. With force a disk that is not UpToDate (a fresh
+// resource) is first declared the good copy, but only when no other
+// Primary is recorded and heard, so that --force cannot split the data.
+func (a *agent) primaryByVote(ctx context.Context, m *failover.Manager, force bool) error {
+	if force && a.volume().Status().Disk != replication.UpToDate {
+		st := m.Status()
+		if p := st.Record.Primary; p != "" && p != a.node.Name {
+			for _, mem := range st.Members {
+				if mem.Name == p && mem.HeartbeatAgeMS >= 0 && time.Duration(mem.HeartbeatAgeMS)*time.Millisecond < 2*time.Second {
+					return fmt.Errorf("%w: epoch %d names %s Primary and it is alive (heard %d ms ago): --force would split the data; use `hablock switchover` on %s",
+						admin.ErrConflict, st.Record.Epoch, p, mem.HeartbeatAgeMS, p)
+				}
+			}
+		}
+		a.opMu.Lock()
+		err := a.forceUpToDateLocked()
+		a.opMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return adminErr(m.Promote(ctx, force))
+}
+
+// DropLink is failover.Local.DropLink: restart the connection loop, which
+// tears the link down (a Primary's engine then holds its writes until the
+// peer is fenced) and dials or accepts anew.
+func (a *agent) DropLink(reason string) {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	a.log.Warn("dropping the replication link", "peer", a.peer.Name, "reason", reason)
+	if a.stopRunLocked() {
+		a.startRunLocked()
 	}
 }

@@ -112,8 +112,11 @@ func (w *witnessNode) Status(ctx context.Context) admin.Status {
 		conn = "Quorum"
 	}
 	return admin.Status{Resource: w.res, Node: w.name, Role: "Witness", Disk: "Diskless", Peer: st.Record.Primary,
-		PeerRole: "Primary", PeerDisk: "DUnknown", Connection: conn, Replication: "Off", Epoch: st.Record.Epoch}
+		PeerRole: "Primary", PeerDisk: "DUnknown", Connection: conn, Replication: "Off", Epoch: st.Record.Epoch,
+		Failover: &st}
 }
+
+func (w *witnessNode) Switchover(context.Context, string) error { return errWitness }
 
 func (w *witnessNode) Connect(context.Context, bool) error { return errWitness }
 func (w *witnessNode) Disconnect(context.Context) error    { return errWitness }

@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hablock/hablock/failover"
 	"net/http"
 	"strings"
 	"time"
@@ -134,6 +135,10 @@ type Node interface {
 	Verify(ctx context.Context, repair bool) error
 	PauseSync(ctx context.Context) error
 	ResumeSync(ctx context.Context) error
+	// Switchover hands the Primary role to the peer in a planned way (to
+	// is the peer's name or empty); only on the Primary of a resource
+	// with automatic failover.
+	Switchover(ctx context.Context, to string) error
 }
 
 // Status is a snapshot of a node, like `drbdadm status`. States use the
@@ -182,6 +187,10 @@ type Status struct {
 	// (IsSplitBrain); recover with connect --discard-my-data on the node
 	// whose changes are to be lost. Filled by the Server.
 	SplitBrain bool `json:"split_brain,omitempty"`
+	// Failover is the failover manager's view (quorum record, members,
+	// heartbeat ages, last decision, events); nil on a resource without a
+	// witness, where failover is manual.
+	Failover *failover.Status `json:"failover,omitempty"`
 }
 
 // IsSplitBrain reports whether the node gave up its connection because of

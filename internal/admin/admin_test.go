@@ -73,6 +73,9 @@ func (n *fakeNode) Verify(_ context.Context, repair bool) error {
 }
 func (n *fakeNode) PauseSync(context.Context) error  { return n.call("pause-sync", nil) }
 func (n *fakeNode) ResumeSync(context.Context) error { return n.call("resume-sync", nil) }
+func (n *fakeNode) Switchover(_ context.Context, to string) error {
+	return n.call("switchover to="+to, func() { n.st.Role = "Secondary"; n.st.PeerRole = "Primary" })
+}
 
 func (n *fakeNode) lastCall() string {
 	n.mu.Lock()
@@ -126,6 +129,8 @@ func TestStatusAndActions(t *testing.T) {
 	}{
 		{"connect", func() (Status, error) { return c.Connect(ctx, false) }, "connect discard-my-data=false", func(s Status) bool { return s.Connection == "Connected" }},
 		{"connect --discard-my-data", func() (Status, error) { return c.Connect(ctx, true) }, "connect discard-my-data=true", func(s Status) bool { return s.Connection == "Connected" }},
+		{"switchover --to n2", func() (Status, error) { return c.Switchover(ctx, "n2") }, "switchover to=n2", func(s Status) bool { return s.PeerRole == "Primary" }},
+		{"switchover", func() (Status, error) { return c.Switchover(ctx, "") }, "switchover to=", func(s Status) bool { return s.Role == "Secondary" }},
 		{"primary", func() (Status, error) { return c.Primary(ctx, false) }, "primary force=false", func(s Status) bool { return s.Role == "Primary" }},
 		{"primary --force", func() (Status, error) { return c.Primary(ctx, true) }, "primary force=true", func(s Status) bool { return s.Role == "Primary" }},
 		{"verify", func() (Status, error) { return c.Verify(ctx, false) }, "verify repair=false", func(s Status) bool { return s.Verify != nil && s.Verify.Running }},

@@ -87,6 +87,15 @@ func (c *Client) ResumeSync(ctx context.Context) (Status, error) {
 	return c.do(ctx, http.MethodPost, "resume-sync", nil)
 }
 
+// Switchover hands the Primary role to the peer (to: its name, or "").
+func (c *Client) Switchover(ctx context.Context, to string) (Status, error) {
+	var q url.Values
+	if to != "" {
+		q = url.Values{"to": {to}}
+	}
+	return c.do(ctx, http.MethodPost, "switchover", q)
+}
+
 func boolQuery(k string, v bool) url.Values {
 	if !v {
 		return nil

@@ -52,6 +52,7 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	s.action(mux, "verify", func(ctx context.Context, f flags) error { return node.Verify(ctx, f.repair) }, "repair")
 	s.action(mux, "pause-sync", func(ctx context.Context, _ flags) error { return node.PauseSync(ctx) })
 	s.action(mux, "resume-sync", func(ctx context.Context, _ flags) error { return node.ResumeSync(ctx) })
+	s.action(mux, "switchover", func(ctx context.Context, f flags) error { return node.Switchover(ctx, f.to) }, "to")
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{HTTPStatus: http.StatusNotFound, Code: CodeNotFound,
 			Message: fmt.Sprintf("no endpoint %s %s (see GET /v1/status)", r.Method, r.URL.Path)})
@@ -68,10 +69,13 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	return s
 }
 
-type flags struct{ force, repair, discardMyData bool }
+type flags struct {
+	force, repair, discardMyData bool
+	to                           string // switchover's target node
+}
 
 // action registers POST /v1/NAME; allowed lists the boolean query
-// parameters it takes.
+// parameters it takes ("to" is the one string parameter).
 func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context, flags) error, allowed ...string) {
 	mux.HandleFunc("POST /v1/"+name, func(w http.ResponseWriter, r *http.Request) {
 		var f flags
@@ -85,6 +89,10 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 				writeError(w, &Error{HTTPStatus: http.StatusBadRequest, Code: CodeBadRequest,
 					Message: fmt.Sprintf("%s: unknown parameter %q", name, k)})
 				return
+			}
+			if k == "to" {
+				f.to = vs[len(vs)-1]
+				continue
 			}
 			b, err := strconv.ParseBool(vs[len(vs)-1])
 			if err != nil {
@@ -107,7 +115,7 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 			writeError(w, e)
 			return
 		}
-		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair, "discard_my_data", f.discardMyData)
+		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair, "discard_my_data", f.discardMyData, "to", f.to)
 		writeJSON(w, http.StatusOK, s.status(r.Context()))
 	})
 }
@@ -128,7 +136,7 @@ func methodCheck(next http.Handler) http.Handler {
 			want = http.MethodGet
 		}
 		known := r.URL.Path == "/v1/status"
-		for _, n := range []string{"connect", "disconnect", "primary", "secondary", "invalidate", "verify", "pause-sync", "resume-sync"} {
+		for _, n := range []string{"connect", "disconnect", "primary", "secondary", "invalidate", "verify", "pause-sync", "resume-sync", "switchover"} {
 			known = known || r.URL.Path == "/v1/"+n
 		}
 		if known && r.Method != want && !(want == http.MethodGet && r.Method == http.MethodHead) {
