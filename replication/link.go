@@ -1092,6 +1092,20 @@ func PeerConnector(local, peer, peerAddr string, ln *net.TCPListener) func(conte
 // brain, unrelated data, wrong volume, incompatible configuration): the
 // volume is then StandAlone and keeps serving degraded.
 func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Conn, error)) error {
+	return v.run(ctx, connect, true)
+}
+
+// RunAccepting is Run on the accepting side: it takes the peer's
+// connections from ln and never waits between attempts. Accept itself
+// waits for the peer; a pause after a failed handshake would leave the
+// dialer's next connection unanswered in the listen backlog until its
+// handshake timed out, and the two sides' backoffs would then keep
+// missing each other.
+func (v *Volume) RunAccepting(ctx context.Context, ln *net.TCPListener) error {
+	return v.run(ctx, Acceptor(ln), false)
+}
+
+func (v *Volume) run(ctx context.Context, connect func(context.Context) (net.Conn, error), backOff bool) error {
 	backoff := v.cfg.ConnectRetryMin
 	retried := false
 	v.mu.Lock()
@@ -1125,7 +1139,7 @@ func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Con
 		// a degraded write) is retried once without waiting; both
 		// sides know, so the acceptor is listening again.
 		retried = retryNow
-		if retryNow {
+		if retryNow || !backOff && ctx.Err() == nil && err != nil && !errors.Is(err, net.ErrClosed) {
 			v.log.Info("reconnecting at once", "err", err)
 			continue
 		}

@@ -206,9 +206,13 @@ type agent struct {
 	vol       *replication.Volume
 	runCancel context.CancelFunc // nil when not connecting
 	runDone   chan struct{}
-	exp       *exporter
-	vip       *failover.VIP     // nil without iscsi.vip
-	tickler   *failover.Tickler // nil without iscsi.vip
+	// refuseCancel stops the loop that refuses the peer's connections
+	// while StandAlone (accepting side only); nil when not running.
+	refuseCancel context.CancelFunc
+	refuseDone   chan struct{}
+	exp          *exporter
+	vip          *failover.VIP     // nil without iscsi.vip
+	tickler      *failover.Tickler // nil without iscsi.vip
 	// mgr is the failover manager: nil without a witness (manual
 	// failover). Set once before the peer link starts; read by engine
 	// hooks on their own goroutines.
@@ -660,26 +664,68 @@ func (a *agent) startRunLocked() {
 	if a.runCancel != nil {
 		return
 	}
-	connect := replication.Dialer(a.peer.Address)
-	if !a.dialer() {
-		connect = replication.Acceptor(a.peerLn)
-	}
+	a.stopRefusingLocked()
 	ctx, cancel := context.WithCancel(a.ctx)
 	done := make(chan struct{})
 	a.runCancel, a.runDone = cancel, done
 	v := a.vol
 	go func() {
 		defer close(done)
-		err := v.Run(ctx, connect)
+		var err error
+		if a.dialer() {
+			err = v.Run(ctx, replication.Dialer(a.peer.Address))
+		} else {
+			err = v.RunAccepting(ctx, a.peerLn)
+		}
 		if ctx.Err() == nil && !errors.Is(err, replication.ErrClosed) {
 			a.log.Error("peer link given up; run `hablock connect` to retry", "err", err)
 		}
 		a.mu.Lock()
 		if a.runDone == done {
 			a.runCancel, a.runDone = nil, nil
+			if ctx.Err() == nil && err != nil {
+				a.startRefusingLocked(v, err.Error())
+			}
 		}
 		a.mu.Unlock()
 	}()
+}
+
+// startRefusingLocked answers the peer's connections while this node,
+// on the accepting side, runs no link (StandAlone after a fatal
+// handshake): each gets the engine's StandAlone refusal with reason, so
+// the peer stops redialing and says why. a.mu held.
+func (a *agent) startRefusingLocked(v *replication.Volume, reason string) {
+	if a.dialer() || a.refuseCancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	done := make(chan struct{})
+	a.refuseCancel, a.refuseDone = cancel, done
+	accept := replication.Acceptor(a.peerLn)
+	go func() {
+		defer close(done)
+		for {
+			conn, err := accept(ctx)
+			if err != nil {
+				return
+			}
+			if err := v.RefuseConn(conn, reason); err != nil {
+				a.log.Debug("refused a connection while StandAlone", "err", err)
+			}
+		}
+	}()
+}
+
+// stopRefusingLocked stops startRefusingLocked's loop and waits for it;
+// a.mu held.
+func (a *agent) stopRefusingLocked() {
+	if a.refuseCancel == nil {
+		return
+	}
+	a.refuseCancel()
+	<-a.refuseDone
+	a.refuseCancel, a.refuseDone = nil, nil
 }
 
 func (a *agent) Disconnect(context.Context) error {
