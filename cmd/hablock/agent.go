@@ -1035,16 +1035,30 @@ func (a *agent) stopExport(grace time.Duration) {
 func (a *agent) close(grace time.Duration) {
 	a.closeVIP()
 	a.stopExport(grace)
+	v := a.volume()
+	if v.Status().Role == replication.RolePrimary {
+		// Flush both disks while the link is still up. With fencing a
+		// Primary without its peer holds a flush until the peer is
+		// fenced, which nobody will do now: bound the wait; Stop then
+		// abandons it, and the local disk is flushed below.
+		flushed := make(chan error, 1)
+		go func() { flushed <- v.Flush() }()
+		select {
+		case err := <-flushed:
+			if err != nil {
+				a.log.Error("final flush", "err", err)
+			}
+		case <-time.After(grace):
+			a.log.Warn("final flush held (peer lost, not fenced); stopping without it", "waited", grace)
+		}
+	}
 	a.opMu.Lock()
 	a.stopRunLocked()
 	a.opMu.Unlock()
-	v := a.volume()
-	if v.Status().Role == replication.RolePrimary {
-		if err := v.Flush(); err != nil {
-			a.log.Error("final flush", "err", err)
-		}
-	}
 	v.Stop()
+	if err := a.dev.Flush(); err != nil {
+		a.log.Error("flush the backing store", "err", err)
+	}
 	a.cancel()
 	a.wg.Wait()
 	a.sync()

@@ -131,6 +131,13 @@ func (p *proc) stop(t *testing.T) {
 			t.Errorf("hablock exited with %v after SIGTERM\n%s", p.err, p.logText())
 		}
 	case <-time.After(20 * time.Second):
+		// A goroutine dump (Go prints it on SIGQUIT) into the log that
+		// the test prints when it fails.
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-p.exited:
+		case <-time.After(2 * time.Second):
+		}
 		t.Errorf("hablock did not exit within 20s of SIGTERM")
 		p.kill()
 	}
