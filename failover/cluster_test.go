@@ -518,3 +518,42 @@ func TestClusterLinkCutIdle(t *testing.T) {
 	}
 	c.checkSafety()
 }
+
+// TestClusterRepeatedFailover kills the Primary again and again
+// (alternating nodes, the dead one brought back and readmitted in
+// between) with the shipped default timings, and logs the time from the
+// kill to the new Primary's Promote: detection (heartbeat-timeout) plus
+// the vote. HABLOCK_FAILOVERS sets the count (default 4). Timings are
+// logged, not asserted.
+func TestClusterRepeatedFailover(t *testing.T) {
+	n := 4
+	if v := os.Getenv("HABLOCK_FAILOVERS"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	c := newClusterWith(t, func(cfg *Config) {
+		cfg.HeartbeatInterval, cfg.HeartbeatTimeout, cfg.VoteTimeout = 50*time.Millisecond, 300*time.Millisecond, time.Second
+	}, nil)
+	c.bootstrap()
+	var took []time.Duration
+	for i := range n {
+		p, q := "n1", "n2"
+		if c.local["n2"].Facts().Role == RolePrimary {
+			p, q = q, p
+		}
+		e := c.status("w").Record.Epoch
+		t0 := time.Now()
+		c.kill(p)
+		c.setLink(false)
+		c.waitFor(q+" promoted", func() bool { return c.has(q, "promote", 0) && c.local[q].Facts().Role == RolePrimary })
+		took = append(took, time.Since(t0))
+		c.start(p)
+		c.waitFor(p+" demoted", func() bool { return c.local[p].Facts().Role == RoleSecondary })
+		c.setLink(true)
+		c.waitFor(p+" readmitted", func() bool { r := c.status("w").Record; return r.Primary == q && r.Has(p) && r.Epoch > e })
+		t.Logf("failover %d: %s -> %s in %v", i+1, p, q, took[i].Round(time.Millisecond))
+	}
+	slices.Sort(took)
+	t.Logf("kill -> promote over %d failovers: min %v median %v max %v (heartbeat-timeout 300ms)",
+		n, took[0].Round(time.Millisecond), took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond))
+	c.checkSafety()
+}

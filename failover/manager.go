@@ -81,6 +81,14 @@ type Manager struct {
 	// this kernel has no netem).
 	delay  func(from, to string) time.Duration
 	maxGap map[string]time.Duration // guarded by mu
+
+	// lastTick is when a loop last ran (guarded by mu); a longer pause
+	// than stallAfter means this process was not running (CPU
+	// starvation, a GC pause, a suspended VM), and silence measured
+	// across it says nothing about the others (see checkStall).
+	lastTick time.Time
+	stalls   int
+	maxStall time.Duration
 }
 
 // Decision is the last decision of a node, for Status.
@@ -168,6 +176,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	m.ctx, m.cancel = context.WithCancel(ctx)
 	m.start = time.Now()
 	m.mu.Lock()
+	m.lastTick = m.start
 	for _, o := range m.cfg.Members {
 		m.heard[o.Name] = m.start // unheard members count as heard at start: no decision on silence before it could be heard
 	}
@@ -287,11 +296,42 @@ func (m *Manager) facts() Facts {
 	return m.local.Facts()
 }
 
+// checkStall notices that this process itself was stalled: when no loop
+// ran for more than two heartbeat intervals, every member is counted as
+// heard now, so that the stall cannot pass for their silence (a starved
+// witness would otherwise consent to replacing a live Primary, and a
+// starved Secondary ask for it). This only delays a takeover by at most
+// heartbeat-timeout after a local stall; it never hastens one. Called at
+// the top of every loop iteration and vote.
+func (m *Manager) checkStall() {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gap := now.Sub(m.lastTick)
+	m.lastTick = now
+	if gap <= 2*m.cfg.HeartbeatInterval {
+		return
+	}
+	m.stalls++
+	m.maxStall = max(m.maxStall, gap)
+	for k, t := range m.heard {
+		if t.Before(now) {
+			m.heard[k] = now
+		}
+	}
+	level := slog.LevelDebug
+	if gap > m.cfg.HeartbeatTimeout {
+		level = slog.LevelWarn
+	}
+	m.log.Log(context.Background(), level, "this process was stalled; not counting the stall as silence of the others", "stall", gap.Round(time.Millisecond))
+}
+
 func (m *Manager) heartbeatLoop() {
 	t := time.NewTicker(m.cfg.HeartbeatInterval)
 	defer t.Stop()
 	me, _ := m.cfg.member(m.cfg.Me)
 	for {
+		m.checkStall()
 		f := m.facts()
 		hb := Heartbeat{From: m.cfg.Me, Record: m.durable().Record, Witness: me.Witness, Facts: f}
 		if m.local != nil && f.Role == RolePrimary {
@@ -404,6 +444,7 @@ func (m *Manager) handleVote(req VoteRequest) VoteReply {
 	start := time.Now()
 	deadline := start.Add(m.cfg.HeartbeatTimeout + m.cfg.HeartbeatInterval)
 	for {
+		m.checkStall()
 		f := m.facts()
 		m.voteMu.Lock()
 		cur := m.state
@@ -562,6 +603,7 @@ func (m *Manager) decisionLoop() {
 		case <-t.C:
 		case <-m.notify:
 		}
+		m.checkStall()
 		if time.Since(m.start) < m.cfg.HeartbeatTimeout {
 			continue
 		}
@@ -878,8 +920,12 @@ type Status struct {
 	Quorum    bool           `json:"quorum"`
 	Suspended bool           `json:"suspended"`
 	Members   []MemberStatus `json:"members"`
-	Last      Decision       `json:"last_decision"`
-	Events    []Event        `json:"events,omitempty"`
+	// Stalls counts the times this process itself did not run for more
+	// than two heartbeat intervals; MaxStallMS is the longest.
+	Stalls     int      `json:"stalls"`
+	MaxStallMS int64    `json:"max_stall_ms"`
+	Last       Decision `json:"last_decision"`
+	Events     []Event  `json:"events,omitempty"`
 }
 
 // MemberStatus is what this node knows of another member.
@@ -950,6 +996,7 @@ func (m *Manager) Status() Status {
 	}
 	s.Quorum = 1+heard >= len(m.cfg.Members)/2+1
 	s.Suspended = m.suspended
+	s.Stalls, s.MaxStallMS = m.stalls, m.maxStall.Milliseconds()
 	s.Last = m.last
 	s.Events = slices.Clone(m.events)
 	return s

@@ -56,7 +56,9 @@ func TestClusterNoFalseFailover(t *testing.T) {
 		t.Errorf("record changed: %v -> %v", before, r)
 	}
 	for _, n := range []string{"n1", "n2", "w"} {
-		for _, m := range c.status(n).Members {
+		st := c.status(n)
+		t.Logf("soak %v: %s stalled itself %d times, longest %d ms", dur, n, st.Stalls, st.MaxStallMS)
+		for _, m := range st.Members {
 			t.Logf("soak %v: at %s, longest heartbeat gap from %s: %d ms (timeout 300 ms)", dur, n, m.Name, m.HeartbeatMaxGapMS)
 		}
 	}
