@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,6 +24,7 @@ type op struct {
 	node, what string
 	epoch      uint64
 	opts       DemoteOptions
+	at         time.Time
 }
 
 // opLog is the cluster-wide event log the invariants are checked on.
@@ -31,6 +34,7 @@ type opLog struct {
 }
 
 func (l *opLog) add(o op) {
+	o.at = time.Now()
 	l.mu.Lock()
 	l.ops = append(l.ops, o)
 	l.mu.Unlock()
@@ -120,7 +124,29 @@ type cluster struct {
 	link bool               // replication link n1-n2 up
 }
 
-var nextPort = 24000
+// freePort returns a port in this work's range (24000-24999) that is
+// free for both TCP and UDP on host a moment ago; random, so that
+// concurrent runs of these tests do not collide.
+func freePort(t *testing.T, host string) string {
+	t.Helper()
+	for range 200 {
+		addr := fmt.Sprintf("%s:%d", host, 24000+rand.IntN(1000))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ua, _ := net.ResolveUDPAddr("udp", addr)
+		uc, err := net.ListenUDP("udp", ua)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		uc.Close()
+		return addr
+	}
+	t.Fatalf("no free port on %s in 24000-24999", host)
+	return ""
+}
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
 
@@ -128,12 +154,10 @@ func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
 // Manager before it starts (either may be nil).
 func newClusterWith(t *testing.T, tune func(*Config), hook func(*Manager)) *cluster {
 	t.Helper()
-	base := nextPort
-	nextPort += 20
 	members := []Member{
-		{Name: "n1", Control: fmt.Sprintf("127.0.0.1:%d", base), Gossip: fmt.Sprintf("127.0.0.1:%d", base+1)},
-		{Name: "n2", Control: fmt.Sprintf("127.0.0.2:%d", base+2), Gossip: fmt.Sprintf("127.0.0.2:%d", base+3)},
-		{Name: "w", Witness: true, Control: fmt.Sprintf("127.0.0.3:%d", base+4), Gossip: fmt.Sprintf("127.0.0.3:%d", base+5)},
+		{Name: "n1", Control: freePort(t, "127.0.0.1"), Gossip: freePort(t, "127.0.0.1")},
+		{Name: "n2", Control: freePort(t, "127.0.0.2"), Gossip: freePort(t, "127.0.0.2")},
+		{Name: "w", Witness: true, Control: freePort(t, "127.0.0.3"), Gossip: freePort(t, "127.0.0.3")},
 	}
 	dir, err := os.MkdirTemp("", "fo-cluster-")
 	if err != nil {
@@ -198,15 +222,19 @@ func (c *cluster) start(name string) {
 }
 
 // kill stops a node's Manager and closes its store, as a SIGKILL would
-// (its Local keeps its last role: a killed agent's process state).
+// (its Local keeps its last role: a killed agent's process state), with
+// no serf leave.
 func (c *cluster) kill(name string) {
 	c.mu.Lock()
 	m, s := c.mgr[name], c.stores[name]
 	delete(c.mgr, name)
 	c.mu.Unlock()
 	if m != nil {
-		m.Close()
+		t0 := time.Now()
+		m.stop(false)
+		t1 := time.Now()
 		s.Close()
+		c.t.Logf("kill %s: manager stopped in %v, store closed in %v", name, t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
 	}
 }
 
@@ -544,8 +572,13 @@ func TestClusterRepeatedFailover(t *testing.T) {
 		t0 := time.Now()
 		c.kill(p)
 		c.setLink(false)
-		c.waitFor(q+" promoted", func() bool { return c.has(q, "promote", 0) && c.local[q].Facts().Role == RolePrimary })
-		took = append(took, time.Since(t0))
+		c.waitFor(q+" promoted", func() bool { return c.local[q].Facts().Role == RolePrimary })
+		for _, o := range c.log.snapshot() {
+			if o.node == q && o.what == "promote" && o.epoch > e {
+				took = append(took, o.at.Sub(t0))
+				break
+			}
+		}
 		c.start(p)
 		c.waitFor(p+" demoted", func() bool { return c.local[p].Facts().Role == RoleSecondary })
 		c.setLink(true)

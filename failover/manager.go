@@ -48,6 +48,7 @@ type Manager struct {
 	tcp    net.Listener
 	ms     *membership
 	notify chan struct{}
+	tagsCh chan map[string]string
 	start  time.Time
 
 	// opMu serialises actions on Local: the decision loop's steps,
@@ -129,7 +130,7 @@ func NewManager(cfg Config, local Local, store RecordStore, log *slog.Logger) (*
 	}
 	m := &Manager{cfg: cfg, local: local, store: store, log: log.With("node", cfg.Me),
 		peer: cfg.peerOf(cfg.Me), witness: cfg.witness(), state: st,
-		notify: make(chan struct{}, 1), heard: map[string]time.Time{}, lastHB: map[string]Heartbeat{},
+		notify: make(chan struct{}, 1), tagsCh: make(chan map[string]string, 1), heard: map[string]time.Time{}, lastHB: map[string]Heartbeat{},
 		addrs: map[string]*net.UDPAddr{}, maxGap: map[string]time.Duration{}}
 	return m, nil
 }
@@ -189,6 +190,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	m.goRun(func() { m.ms.joinLoop(m.ctx, joins, m.cfg.Serf.ReconnectInterval) })
 	m.goRun(m.serfEvents)
+	go m.tagsLoop()
 	m.goRun(m.udpLoop)
 	m.goRun(func() {
 		serveTCP(m.tcp, m.cfg.VoteTimeout+m.cfg.PromoteTimeout, m.handleRequest, func(msg string, args ...any) { m.log.Warn(msg, args...) })
@@ -210,7 +212,11 @@ func (m *Manager) goRun(f func()) {
 
 // Close stops every loop, leaves serf and closes the sockets. It does not
 // change the local roles.
-func (m *Manager) Close() error {
+func (m *Manager) Close() error { return m.stop(true) }
+
+// stop closes the Manager; without leave it drops out of serf as a
+// killed process would (tests).
+func (m *Manager) stop(leave bool) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -225,7 +231,7 @@ func (m *Manager) Close() error {
 	m.cancel()
 	m.udp.Close()
 	m.tcp.Close()
-	m.ms.close()
+	m.ms.close(leave)
 	m.wg.Wait()
 	return nil
 }
@@ -354,7 +360,7 @@ func (m *Manager) heartbeatLoop() {
 				}
 			}
 		}
-		m.updateTags(hb)
+		m.updateTags()
 		select {
 		case <-m.ctx.Done():
 			return
@@ -870,7 +876,10 @@ func (m *Manager) tagsNow() map[string]string {
 	return map[string]string{"role": role, "epoch": strconv.FormatUint(m.durable().Record.Epoch, 10), "resource": m.cfg.Resource}
 }
 
-func (m *Manager) updateTags(hb Heartbeat) {
+// updateTags hands changed tags to tagsLoop. It never blocks: serf's
+// SetTags waits for its broadcast (up to serf's BroadcastTimeout, 5 s),
+// and the heartbeat loop that calls this must not stall.
+func (m *Manager) updateTags() {
 	tags := m.tagsNow()
 	m.mu.Lock()
 	same := m.tags != nil && m.tags["role"] == tags["role"] && m.tags["epoch"] == tags["epoch"]
@@ -878,9 +887,30 @@ func (m *Manager) updateTags(hb Heartbeat) {
 		m.tags = tags
 	}
 	m.mu.Unlock()
-	if !same {
-		if err := m.ms.s.SetTags(tags); err != nil {
-			m.log.Debug("serf tags", "err", err)
+	if same {
+		return
+	}
+	select {
+	case <-m.tagsCh: // drop an older pending update
+	default:
+	}
+	select {
+	case m.tagsCh <- tags:
+	default:
+	}
+}
+
+// tagsLoop publishes tag changes to serf. It is not waited for by Close:
+// a SetTags in progress may outlive it by serf's BroadcastTimeout.
+func (m *Manager) tagsLoop() {
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case tags := <-m.tagsCh:
+			if err := m.ms.s.SetTags(tags); err != nil {
+				m.log.Debug("serf tags", "err", err)
+			}
 		}
 	}
 }
