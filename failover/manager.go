@@ -635,7 +635,14 @@ func (m *Manager) step() {
 	m.last = Decision{Action: a.Kind.String(), Reason: a.Reason, At: time.Now()}
 	if err != nil {
 		m.last.Error = err.Error()
-		m.backoffUntil = time.Now().Add(m.cfg.HeartbeatTimeout)
+		// A refused takeover means a voter still hears the Primary (a cut
+		// link, not a dead node): ask again only after a vote timeout,
+		// since every attempt spends an epoch of this node's vote.
+		wait := m.cfg.HeartbeatTimeout
+		if a.Kind == ActTakeover && errors.Is(err, ErrRefused) {
+			wait = m.cfg.VoteTimeout
+		}
+		m.backoffUntil = time.Now().Add(wait)
 	}
 	m.mu.Unlock()
 	if changed || a.Kind != ActNone {
