@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -589,4 +590,48 @@ func TestClusterRepeatedFailover(t *testing.T) {
 	t.Logf("kill -> promote over %d failovers: min %v median %v max %v (heartbeat-timeout 300ms)",
 		n, took[0].Round(time.Millisecond), took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond))
 	c.checkSafety()
+}
+
+// TestManagerStartFailure: a Start that cannot bind (the port is taken)
+// fails with a message naming the address, and Close after it is safe.
+func TestManagerStartFailure(t *testing.T) {
+	addr := freePort(t, "127.0.0.1")
+	ua, _ := net.ResolveUDPAddr("udp", addr)
+	busy, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	members := []Member{
+		{Name: "n1", Control: addr, Gossip: freePort(t, "127.0.0.1")},
+		{Name: "n2", Control: freePort(t, "127.0.0.2"), Gossip: freePort(t, "127.0.0.2")},
+		{Name: "w", Witness: true, Control: freePort(t, "127.0.0.3"), Gossip: freePort(t, "127.0.0.3")},
+	}
+	cfg := Config{Resource: "r0", Me: "n1", Members: members, HeartbeatInterval: 50 * time.Millisecond,
+		HeartbeatTimeout: 300 * time.Millisecond, VoteTimeout: time.Second, PromoteTimeout: time.Second, FailbackSettle: time.Hour,
+		Serf: SerfConfig{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3,
+			SuspicionMaxTimeoutMult: 1, GossipInterval: 50 * time.Millisecond, ReconnectInterval: time.Second}}
+	dir := t.TempDir()
+	s, err := meta.CreateWitness(dir, meta.WitnessIdentity{Resource: "r0", Node: "n1"}, false, meta.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m, err := NewManager(cfg, &memLocal{name: "n1", log: &opLog{}}, MetaStore(s), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err == nil || !strings.Contains(err.Error(), addr) {
+		t.Errorf("Start on a taken port: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Error(err)
+	}
+	if err := m.Promote(context.Background(), true); !errors.Is(err, ErrStopped) {
+		t.Errorf("Promote after a failed Start: %v", err)
+	}
+	// A witness needs no Local, a disk node needs one.
+	if _, err := NewManager(cfg, nil, MetaStore(s), nil); err == nil {
+		t.Error("disk node without a Local accepted")
+	}
 }

@@ -174,9 +174,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.tcp.Close()
 		return err
 	}
+	m.mu.Lock()
 	m.ctx, m.cancel = context.WithCancel(ctx)
 	m.start = time.Now()
-	m.mu.Lock()
 	m.lastTick = m.start
 	for _, o := range m.cfg.Members {
 		m.heard[o.Name] = m.start // unheard members count as heard at start: no decision on silence before it could be heard
@@ -188,7 +188,9 @@ func (m *Manager) Start(ctx context.Context) error {
 			joins = append(joins, o.Gossip)
 		}
 	}
-	m.goRun(func() { m.ms.joinLoop(m.ctx, joins, m.cfg.Serf.ReconnectInterval) })
+	// Not waited for by Close: a Join in progress may take memberlist's
+	// TCP timeout to give up on an unreachable member.
+	go m.ms.joinLoop(m.ctx, joins, m.cfg.Serf.ReconnectInterval)
 	m.goRun(m.serfEvents)
 	go m.tagsLoop()
 	m.goRun(m.udpLoop)
@@ -223,7 +225,7 @@ func (m *Manager) stop(leave bool) error {
 		return nil
 	}
 	m.closed = true
-	started := m.started
+	started := m.started && m.cancel != nil // a Start that failed closed what it opened
 	m.mu.Unlock()
 	if !started {
 		return nil
