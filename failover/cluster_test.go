@@ -2,8 +2,11 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,6 +25,7 @@ type op struct {
 	node, what string
 	epoch      uint64
 	opts       DemoteOptions
+	at         time.Time
 }
 
 // opLog is the cluster-wide event log the invariants are checked on.
@@ -31,6 +35,7 @@ type opLog struct {
 }
 
 func (l *opLog) add(o op) {
+	o.at = time.Now()
 	l.mu.Lock()
 	l.ops = append(l.ops, o)
 	l.mu.Unlock()
@@ -120,7 +125,29 @@ type cluster struct {
 	link bool               // replication link n1-n2 up
 }
 
-var nextPort = 24000
+// freePort returns a port in this work's range (24000-24999) that is
+// free for both TCP and UDP on host a moment ago; random, so that
+// concurrent runs of these tests do not collide.
+func freePort(t *testing.T, host string) string {
+	t.Helper()
+	for range 200 {
+		addr := fmt.Sprintf("%s:%d", host, 24000+rand.IntN(1000))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ua, _ := net.ResolveUDPAddr("udp", addr)
+		uc, err := net.ListenUDP("udp", ua)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		uc.Close()
+		return addr
+	}
+	t.Fatalf("no free port on %s in 24000-24999", host)
+	return ""
+}
 
 func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
 
@@ -128,12 +155,10 @@ func newCluster(t *testing.T) *cluster { return newClusterWith(t, nil, nil) }
 // Manager before it starts (either may be nil).
 func newClusterWith(t *testing.T, tune func(*Config), hook func(*Manager)) *cluster {
 	t.Helper()
-	base := nextPort
-	nextPort += 20
 	members := []Member{
-		{Name: "n1", Control: fmt.Sprintf("127.0.0.1:%d", base), Gossip: fmt.Sprintf("127.0.0.1:%d", base+1)},
-		{Name: "n2", Control: fmt.Sprintf("127.0.0.2:%d", base+2), Gossip: fmt.Sprintf("127.0.0.2:%d", base+3)},
-		{Name: "w", Witness: true, Control: fmt.Sprintf("127.0.0.3:%d", base+4), Gossip: fmt.Sprintf("127.0.0.3:%d", base+5)},
+		{Name: "n1", Control: freePort(t, "127.0.0.1"), Gossip: freePort(t, "127.0.0.1")},
+		{Name: "n2", Control: freePort(t, "127.0.0.2"), Gossip: freePort(t, "127.0.0.2")},
+		{Name: "w", Witness: true, Control: freePort(t, "127.0.0.3"), Gossip: freePort(t, "127.0.0.3")},
 	}
 	dir, err := os.MkdirTemp("", "fo-cluster-")
 	if err != nil {
@@ -198,15 +223,19 @@ func (c *cluster) start(name string) {
 }
 
 // kill stops a node's Manager and closes its store, as a SIGKILL would
-// (its Local keeps its last role: a killed agent's process state).
+// (its Local keeps its last role: a killed agent's process state), with
+// no serf leave.
 func (c *cluster) kill(name string) {
 	c.mu.Lock()
 	m, s := c.mgr[name], c.stores[name]
 	delete(c.mgr, name)
 	c.mu.Unlock()
 	if m != nil {
-		m.Close()
+		t0 := time.Now()
+		m.stop(false)
+		t1 := time.Now()
 		s.Close()
+		c.t.Logf("kill %s: manager stopped in %v, store closed in %v", name, t1.Sub(t0).Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
 	}
 }
 
@@ -517,4 +546,92 @@ func TestClusterLinkCutIdle(t *testing.T) {
 		t.Errorf("n1 facts %+v", f)
 	}
 	c.checkSafety()
+}
+
+// TestClusterRepeatedFailover kills the Primary again and again
+// (alternating nodes, the dead one brought back and readmitted in
+// between) with the shipped default timings, and logs the time from the
+// kill to the new Primary's Promote: detection (heartbeat-timeout) plus
+// the vote. HABLOCK_FAILOVERS sets the count (default 4). Timings are
+// logged, not asserted.
+func TestClusterRepeatedFailover(t *testing.T) {
+	n := 4
+	if v := os.Getenv("HABLOCK_FAILOVERS"); v != "" {
+		fmt.Sscan(v, &n)
+	}
+	c := newClusterWith(t, func(cfg *Config) {
+		cfg.HeartbeatInterval, cfg.HeartbeatTimeout, cfg.VoteTimeout = 50*time.Millisecond, 300*time.Millisecond, time.Second
+	}, nil)
+	c.bootstrap()
+	var took []time.Duration
+	for i := range n {
+		p, q := "n1", "n2"
+		if c.local["n2"].Facts().Role == RolePrimary {
+			p, q = q, p
+		}
+		e := c.status("w").Record.Epoch
+		t0 := time.Now()
+		c.kill(p)
+		c.setLink(false)
+		c.waitFor(q+" promoted", func() bool { return c.local[q].Facts().Role == RolePrimary })
+		for _, o := range c.log.snapshot() {
+			if o.node == q && o.what == "promote" && o.epoch > e {
+				took = append(took, o.at.Sub(t0))
+				break
+			}
+		}
+		c.start(p)
+		c.waitFor(p+" demoted", func() bool { return c.local[p].Facts().Role == RoleSecondary })
+		c.setLink(true)
+		c.waitFor(p+" readmitted", func() bool { r := c.status("w").Record; return r.Primary == q && r.Has(p) && r.Epoch > e })
+		t.Logf("failover %d: %s -> %s in %v", i+1, p, q, took[i].Round(time.Millisecond))
+	}
+	slices.Sort(took)
+	t.Logf("kill -> promote over %d failovers: min %v median %v max %v (heartbeat-timeout 300ms)",
+		n, took[0].Round(time.Millisecond), took[len(took)/2].Round(time.Millisecond), took[len(took)-1].Round(time.Millisecond))
+	c.checkSafety()
+}
+
+// TestManagerStartFailure: a Start that cannot bind (the port is taken)
+// fails with a message naming the address, and Close after it is safe.
+func TestManagerStartFailure(t *testing.T) {
+	addr := freePort(t, "127.0.0.1")
+	ua, _ := net.ResolveUDPAddr("udp", addr)
+	busy, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	members := []Member{
+		{Name: "n1", Control: addr, Gossip: freePort(t, "127.0.0.1")},
+		{Name: "n2", Control: freePort(t, "127.0.0.2"), Gossip: freePort(t, "127.0.0.2")},
+		{Name: "w", Witness: true, Control: freePort(t, "127.0.0.3"), Gossip: freePort(t, "127.0.0.3")},
+	}
+	cfg := Config{Resource: "r0", Me: "n1", Members: members, HeartbeatInterval: 50 * time.Millisecond,
+		HeartbeatTimeout: 300 * time.Millisecond, VoteTimeout: time.Second, PromoteTimeout: time.Second, FailbackSettle: time.Hour,
+		Serf: SerfConfig{ProbeInterval: 200 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond, SuspicionMult: 3,
+			SuspicionMaxTimeoutMult: 1, GossipInterval: 50 * time.Millisecond, ReconnectInterval: time.Second}}
+	dir := t.TempDir()
+	s, err := meta.CreateWitness(dir, meta.WitnessIdentity{Resource: "r0", Node: "n1"}, false, meta.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m, err := NewManager(cfg, &memLocal{name: "n1", log: &opLog{}}, MetaStore(s), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background()); err == nil || !strings.Contains(err.Error(), addr) {
+		t.Errorf("Start on a taken port: %v", err)
+	}
+	if err := m.Close(); err != nil {
+		t.Error(err)
+	}
+	if err := m.Promote(context.Background(), true); !errors.Is(err, ErrStopped) {
+		t.Errorf("Promote after a failed Start: %v", err)
+	}
+	// A witness needs no Local, a disk node needs one.
+	if _, err := NewManager(cfg, nil, MetaStore(s), nil); err == nil {
+		t.Error("disk node without a Local accepted")
+	}
 }

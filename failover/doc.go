@@ -143,4 +143,18 @@
 // it: the replication link (Notify on Held) and heartbeat-timeout (300 ms
 // by default) are the fast signals, and the voter's own silence check is
 // the confirmation.
+//
+// # False failovers
+//
+// heartbeat-timeout must exceed the worst gap between two heartbeats of a
+// live node: round trip, jitter and scheduling delay. Two things keep a
+// busy cluster from failing over falsely. A takeover needs the
+// replication link down as well as the heartbeats silent, and a voter's
+// own silence check. And a node that was itself not running (no loop ran
+// for two heartbeat intervals: CPU starvation, a GC pause, a paused VM)
+// counts every member as heard at the end of its stall, so that its own
+// stall never passes for the others' silence (Status counts such stalls).
+// TestClusterNoFalseFailover measures this with the link modelled down
+// (the worst case), 20-50 ms of jitter on every heartbeat and busy CPUs
+// (HABLOCK_SOAK sets its duration).
 package failover

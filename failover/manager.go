@@ -48,6 +48,7 @@ type Manager struct {
 	tcp    net.Listener
 	ms     *membership
 	notify chan struct{}
+	tagsCh chan map[string]string
 	start  time.Time
 
 	// opMu serialises actions on Local: the decision loop's steps,
@@ -81,6 +82,14 @@ type Manager struct {
 	// this kernel has no netem).
 	delay  func(from, to string) time.Duration
 	maxGap map[string]time.Duration // guarded by mu
+
+	// lastTick is when a loop last ran (guarded by mu); a longer pause
+	// than stallAfter means this process was not running (CPU
+	// starvation, a GC pause, a suspended VM), and silence measured
+	// across it says nothing about the others (see checkStall).
+	lastTick time.Time
+	stalls   int
+	maxStall time.Duration
 }
 
 // Decision is the last decision of a node, for Status.
@@ -121,7 +130,7 @@ func NewManager(cfg Config, local Local, store RecordStore, log *slog.Logger) (*
 	}
 	m := &Manager{cfg: cfg, local: local, store: store, log: log.With("node", cfg.Me),
 		peer: cfg.peerOf(cfg.Me), witness: cfg.witness(), state: st,
-		notify: make(chan struct{}, 1), heard: map[string]time.Time{}, lastHB: map[string]Heartbeat{},
+		notify: make(chan struct{}, 1), tagsCh: make(chan map[string]string, 1), heard: map[string]time.Time{}, lastHB: map[string]Heartbeat{},
 		addrs: map[string]*net.UDPAddr{}, maxGap: map[string]time.Duration{}}
 	return m, nil
 }
@@ -165,9 +174,10 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.tcp.Close()
 		return err
 	}
+	m.mu.Lock()
 	m.ctx, m.cancel = context.WithCancel(ctx)
 	m.start = time.Now()
-	m.mu.Lock()
+	m.lastTick = m.start
 	for _, o := range m.cfg.Members {
 		m.heard[o.Name] = m.start // unheard members count as heard at start: no decision on silence before it could be heard
 	}
@@ -178,8 +188,11 @@ func (m *Manager) Start(ctx context.Context) error {
 			joins = append(joins, o.Gossip)
 		}
 	}
-	m.goRun(func() { m.ms.joinLoop(m.ctx, joins, m.cfg.Serf.ReconnectInterval) })
+	// Not waited for by Close: a Join in progress may take memberlist's
+	// TCP timeout to give up on an unreachable member.
+	go m.ms.joinLoop(m.ctx, joins, m.cfg.Serf.ReconnectInterval)
 	m.goRun(m.serfEvents)
+	go m.tagsLoop()
 	m.goRun(m.udpLoop)
 	m.goRun(func() {
 		serveTCP(m.tcp, m.cfg.VoteTimeout+m.cfg.PromoteTimeout, m.handleRequest, func(msg string, args ...any) { m.log.Warn(msg, args...) })
@@ -201,14 +214,18 @@ func (m *Manager) goRun(f func()) {
 
 // Close stops every loop, leaves serf and closes the sockets. It does not
 // change the local roles.
-func (m *Manager) Close() error {
+func (m *Manager) Close() error { return m.stop(true) }
+
+// stop closes the Manager; without leave it drops out of serf as a
+// killed process would (tests).
+func (m *Manager) stop(leave bool) error {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
 		return nil
 	}
 	m.closed = true
-	started := m.started
+	started := m.started && m.cancel != nil // a Start that failed closed what it opened
 	m.mu.Unlock()
 	if !started {
 		return nil
@@ -216,7 +233,7 @@ func (m *Manager) Close() error {
 	m.cancel()
 	m.udp.Close()
 	m.tcp.Close()
-	m.ms.close()
+	m.ms.close(leave)
 	m.wg.Wait()
 	return nil
 }
@@ -287,11 +304,42 @@ func (m *Manager) facts() Facts {
 	return m.local.Facts()
 }
 
+// checkStall notices that this process itself was stalled: when no loop
+// ran for more than two heartbeat intervals, every member is counted as
+// heard now, so that the stall cannot pass for their silence (a starved
+// witness would otherwise consent to replacing a live Primary, and a
+// starved Secondary ask for it). This only delays a takeover by at most
+// heartbeat-timeout after a local stall; it never hastens one. Called at
+// the top of every loop iteration and vote.
+func (m *Manager) checkStall() {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gap := now.Sub(m.lastTick)
+	m.lastTick = now
+	if gap <= 2*m.cfg.HeartbeatInterval {
+		return
+	}
+	m.stalls++
+	m.maxStall = max(m.maxStall, gap)
+	for k, t := range m.heard {
+		if t.Before(now) {
+			m.heard[k] = now
+		}
+	}
+	level := slog.LevelDebug
+	if gap > m.cfg.HeartbeatTimeout {
+		level = slog.LevelWarn
+	}
+	m.log.Log(context.Background(), level, "this process was stalled; not counting the stall as silence of the others", "stall", gap.Round(time.Millisecond))
+}
+
 func (m *Manager) heartbeatLoop() {
 	t := time.NewTicker(m.cfg.HeartbeatInterval)
 	defer t.Stop()
 	me, _ := m.cfg.member(m.cfg.Me)
 	for {
+		m.checkStall()
 		f := m.facts()
 		hb := Heartbeat{From: m.cfg.Me, Record: m.durable().Record, Witness: me.Witness, Facts: f}
 		if m.local != nil && f.Role == RolePrimary {
@@ -314,7 +362,7 @@ func (m *Manager) heartbeatLoop() {
 				}
 			}
 		}
-		m.updateTags(hb)
+		m.updateTags()
 		select {
 		case <-m.ctx.Done():
 			return
@@ -404,6 +452,7 @@ func (m *Manager) handleVote(req VoteRequest) VoteReply {
 	start := time.Now()
 	deadline := start.Add(m.cfg.HeartbeatTimeout + m.cfg.HeartbeatInterval)
 	for {
+		m.checkStall()
 		f := m.facts()
 		m.voteMu.Lock()
 		cur := m.state
@@ -562,6 +611,7 @@ func (m *Manager) decisionLoop() {
 		case <-t.C:
 		case <-m.notify:
 		}
+		m.checkStall()
 		if time.Since(m.start) < m.cfg.HeartbeatTimeout {
 			continue
 		}
@@ -587,7 +637,14 @@ func (m *Manager) step() {
 	m.last = Decision{Action: a.Kind.String(), Reason: a.Reason, At: time.Now()}
 	if err != nil {
 		m.last.Error = err.Error()
-		m.backoffUntil = time.Now().Add(m.cfg.HeartbeatTimeout)
+		// A refused takeover means a voter still hears the Primary (a cut
+		// link, not a dead node): ask again only after a vote timeout,
+		// since every attempt spends an epoch of this node's vote.
+		wait := m.cfg.HeartbeatTimeout
+		if a.Kind == ActTakeover && errors.Is(err, ErrRefused) {
+			wait = m.cfg.VoteTimeout
+		}
+		m.backoffUntil = time.Now().Add(wait)
 	}
 	m.mu.Unlock()
 	if changed || a.Kind != ActNone {
@@ -831,7 +888,10 @@ func (m *Manager) tagsNow() map[string]string {
 	return map[string]string{"role": role, "epoch": strconv.FormatUint(m.durable().Record.Epoch, 10), "resource": m.cfg.Resource}
 }
 
-func (m *Manager) updateTags(hb Heartbeat) {
+// updateTags hands changed tags to tagsLoop. It never blocks: serf's
+// SetTags waits for its broadcast (up to serf's BroadcastTimeout, 5 s),
+// and the heartbeat loop that calls this must not stall.
+func (m *Manager) updateTags() {
 	tags := m.tagsNow()
 	m.mu.Lock()
 	same := m.tags != nil && m.tags["role"] == tags["role"] && m.tags["epoch"] == tags["epoch"]
@@ -839,9 +899,30 @@ func (m *Manager) updateTags(hb Heartbeat) {
 		m.tags = tags
 	}
 	m.mu.Unlock()
-	if !same {
-		if err := m.ms.s.SetTags(tags); err != nil {
-			m.log.Debug("serf tags", "err", err)
+	if same {
+		return
+	}
+	select {
+	case <-m.tagsCh: // drop an older pending update
+	default:
+	}
+	select {
+	case m.tagsCh <- tags:
+	default:
+	}
+}
+
+// tagsLoop publishes tag changes to serf. It is not waited for by Close:
+// a SetTags in progress may outlive it by serf's BroadcastTimeout.
+func (m *Manager) tagsLoop() {
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case tags := <-m.tagsCh:
+			if err := m.ms.s.SetTags(tags); err != nil {
+				m.log.Debug("serf tags", "err", err)
+			}
 		}
 	}
 }
@@ -881,8 +962,12 @@ type Status struct {
 	Quorum    bool           `json:"quorum"`
 	Suspended bool           `json:"suspended"`
 	Members   []MemberStatus `json:"members"`
-	Last      Decision       `json:"last_decision"`
-	Events    []Event        `json:"events,omitempty"`
+	// Stalls counts the times this process itself did not run for more
+	// than two heartbeat intervals; MaxStallMS is the longest.
+	Stalls     int      `json:"stalls"`
+	MaxStallMS int64    `json:"max_stall_ms"`
+	Last       Decision `json:"last_decision"`
+	Events     []Event  `json:"events,omitempty"`
 }
 
 // MemberStatus is what this node knows of another member.
@@ -953,6 +1038,7 @@ func (m *Manager) Status() Status {
 	}
 	s.Quorum = 1+heard >= len(m.cfg.Members)/2+1
 	s.Suspended = m.suspended
+	s.Stalls, s.MaxStallMS = m.stalls, m.maxStall.Milliseconds()
 	s.Last = m.last
 	s.Events = slices.Clone(m.events)
 	return s

@@ -109,9 +109,13 @@ func (m *membership) joinLoop(ctx context.Context, addrs []string, interval time
 	}
 }
 
-func (m *membership) close() {
-	if err := m.s.Leave(); err != nil {
-		m.log.Debug("serf leave", "err", err)
+// close leaves the cluster gracefully (others see "left", not "failed")
+// when leave, and shuts serf down.
+func (m *membership) close(leave bool) {
+	if leave {
+		if err := m.s.Leave(); err != nil {
+			m.log.Debug("serf leave", "err", err)
+		}
 	}
 	m.s.Shutdown()
 }

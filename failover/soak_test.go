@@ -2,10 +2,12 @@ package failover
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,7 +20,8 @@ import (
 // Secondary from taking over and the Primary from suspending: the worst
 // case for a false failover. It asserts that nothing happens and logs the
 // longest heartbeat gap seen. HABLOCK_SOAK=10m sets the duration (default
-// 3s, so that ordinary test runs stay short).
+// 3s, so that ordinary test runs stay short); HABLOCK_SOAK_HOGS the
+// number of busy loops (default one per CPU).
 func TestClusterNoFalseFailover(t *testing.T) {
 	dur := 3 * time.Second
 	if v := os.Getenv("HABLOCK_SOAK"); v != "" {
@@ -35,8 +38,16 @@ func TestClusterNoFalseFailover(t *testing.T) {
 	})
 	c.bootstrap()
 	before := c.status("w").Record
-	// Busy loops: one process per CPU, each an infinite shell loop.
-	for range runtime.NumCPU() {
+	// Busy loops: one process per CPU, each an infinite shell loop
+	// (HABLOCK_SOAK_HOGS=0: none, when the machine is busy anyway).
+	hogs := runtime.NumCPU()
+	if v := os.Getenv("HABLOCK_SOAK_HOGS"); v != "" {
+		fmt.Sscan(v, &hogs)
+	}
+	loadavg := func() string { b, _ := os.ReadFile("/proc/loadavg"); return strings.TrimSpace(string(b)) }
+	t.Logf("soak %v with %d busy loops; load average at start: %s", dur, hogs, loadavg())
+	defer func() { t.Logf("load average at the end: %s", loadavg()) }()
+	for range hogs {
 		hog := exec.Command("sh", "-c", "while :; do :; done")
 		if err := hog.Start(); err != nil {
 			t.Fatal(err)
@@ -56,7 +67,9 @@ func TestClusterNoFalseFailover(t *testing.T) {
 		t.Errorf("record changed: %v -> %v", before, r)
 	}
 	for _, n := range []string{"n1", "n2", "w"} {
-		for _, m := range c.status(n).Members {
+		st := c.status(n)
+		t.Logf("soak %v: %s stalled itself %d times, longest %d ms", dur, n, st.Stalls, st.MaxStallMS)
+		for _, m := range st.Members {
 			t.Logf("soak %v: at %s, longest heartbeat gap from %s: %d ms (timeout 300 ms)", dur, n, m.Name, m.HeartbeatMaxGapMS)
 		}
 	}
