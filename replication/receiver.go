@@ -25,6 +25,9 @@ type receiver struct {
 	sem    chan struct{}
 	mu     sync.Mutex
 	active []*rentry
+	// inline is set while submitInline runs work on the reader
+	// goroutine (which alone reads and writes it).
+	inline bool
 }
 
 // inlineWrite is the largest write the reader applies itself when the
@@ -53,7 +56,9 @@ func (r *receiver) submitInline(off, end uint64, all, inline bool, work func()) 
 		idle := len(r.active) == 0
 		r.mu.Unlock()
 		if idle {
+			r.inline = true
 			work()
+			r.inline = false
 			return
 		}
 	}
@@ -144,7 +149,10 @@ func (r *receiver) submitWrite(m *Write, buf []byte) {
 		// Protocol C acks every write once written; A and B ack here
 		// only failures (B acked receipt already, and BarrierAck says
 		// the epoch is on disk).
-		if l.proto == ProtocolC || st != StatusOK {
+		switch {
+		case l.proto == ProtocolC && st == StatusOK && r.inline:
+			l.queueAck(m.ID) // the reader sends it with others
+		case l.proto == ProtocolC || st != StatusOK:
 			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
 		}
 	})
@@ -162,7 +170,10 @@ func (r *receiver) submitDiscard(m *Discard) {
 		if st == StatusIOError {
 			v.markDirty(m.Offset, n)
 		}
-		if l.proto == ProtocolC || st != StatusOK {
+		switch {
+		case l.proto == ProtocolC && st == StatusOK && r.inline:
+			l.queueAck(m.ID) // the reader sends it with others
+		case l.proto == ProtocolC || st != StatusOK:
 			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
 		}
 	})

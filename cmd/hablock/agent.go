@@ -53,6 +53,11 @@ crashed-primary flag marks its persisted hot extents out of sync, so the
 next connect resyncs only them plus the bitmap (from the peer if it was
 promoted meanwhile).
 
+Profiling: with HABLOCK_PPROF=ADDR (for example 127.0.0.1:6060) in the
+environment the agent also serves Go's net/http/pprof handlers on ADDR
+(/debug/pprof/...; no authentication, so keep ADDR on loopback). Off by
+default.
+
 Not here yet: automatic failover (issue 4) — promotion is manual
 ("hablock primary").
 
@@ -70,6 +75,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		cfgPath, nodeName, logLevel, logFormat string
 		noConnect                              bool
 		grace                                  time.Duration
+		procs                                  int
 	)
 	fs := newFlags("agent", agentHelp, stdout, stderr)
 	fs.StringVar(&cfgPath, "config", "", "resource file `path` (required)")
@@ -78,8 +84,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&grace, "shutdown-grace", 5*time.Second, "on SIGINT/SIGTERM, how long iSCSI sessions get to log out")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
+	fs.IntVar(&procs, "procs", 0, "CPUs the Go runtime may use at once (GOMAXPROCS). 0: half the machine's CPUs, at least 1, unless $GOMAXPROCS is set (as for hablock export: idle runtime threads spin and take cores from the kernel's network and page-cache work)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if procs < 0 {
+		return usageErrorf("--procs: %d is negative", procs)
 	}
 	if err := requireConfigNode(cfgPath, nodeName); err != nil {
 		return err
@@ -87,6 +97,14 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	log, err := newLogger(stderr, logLevel, logFormat)
 	if err != nil {
 		return usageErrorf("%v", err)
+	}
+	setProcs(procs)
+	if addr := os.Getenv("HABLOCK_PPROF"); addr != "" {
+		stopPprof, err := servePprof(addr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
 	}
 	res, node, err := loadNode(cfgPath, nodeName)
 	if err != nil {
@@ -603,7 +621,13 @@ func (a *agent) Primary(_ context.Context, force bool) error {
 		if s.PeerRole == replication.RolePrimary {
 			return fmt.Errorf("%w: peer %s is Primary", admin.ErrConflict, a.peer.Name)
 		}
-		if err := a.forceUpToDateLocked(); err != nil {
+		wasRunning, err := a.forceUpToDateLocked()
+		if wasRunning {
+			// Reconnect once promoted (or refused): a handshake started
+			// before Promote would be refused as stale and redone.
+			defer a.startRunLocked()
+		}
+		if err != nil {
 			return err
 		}
 		v = a.volume()
@@ -634,12 +658,13 @@ func (a *agent) Primary(_ context.Context, force bool) error {
 
 // forceUpToDateLocked declares the local data the good copy: the volume
 // is restarted UpToDate in a new generation, with every block marked out
-// of sync so that the peer gets all of it. a.opMu held.
+// of sync so that the peer gets all of it. It stops the connection loop
+// and reports whether it ran; the caller restarts it. a.opMu held.
 //
 // TODO(issue 3): replication.Volume has no "force UpToDate" (nor
 // invalidate) operation; the restart below is the agent's stand-in.
-func (a *agent) forceUpToDateLocked() error {
-	wasRunning := a.stopRunLocked()
+func (a *agent) forceUpToDateLocked() (wasRunning bool, err error) {
+	wasRunning = a.stopRunLocked()
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	old := a.volume()
@@ -650,7 +675,7 @@ func (a *agent) forceUpToDateLocked() error {
 	bm.SetAll()
 	a.persist.replace(bm)
 	if err := a.persist.flushAll(); err != nil {
-		return err
+		return wasRunning, err
 	}
 	st := replication.State{VolumeUUID: a.id.UUID, NodeName: a.node.Name, Role: replication.RoleSecondary,
 		Disk: replication.UpToDate, GI: gi, Bitmap: a.persist.snapshot()}
@@ -658,16 +683,13 @@ func (a *agent) forceUpToDateLocked() error {
 	a.persist.setFlags(meta.FlagConsistent|meta.FlagWasUpToDate, replicationGen(gi))
 	v, err := a.newVolume(st)
 	if err != nil {
-		return err
+		return wasRunning, err
 	}
 	a.log.Warn("forced UpToDate: this node's data is now the good copy; the peer will be fully resynced", "gen", gi.String())
 	a.mu.Lock()
 	a.vol = v
 	a.mu.Unlock()
-	if wasRunning {
-		a.startRunLocked()
-	}
-	return nil
+	return wasRunning, nil
 }
 
 func freshGen() uint64 {
