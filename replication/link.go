@@ -397,11 +397,17 @@ func (l *link) startWrite(off, n uint64, data []byte, discard bool, al *alRef) *
 		l.sendLocked(&Write{Offset: off, ID: id, Data: data})
 	}
 	l.sendMu.Unlock()
-	// On the wire before the caller's local write starts, so that both
-	// run at once (the caller holds nothing that a drain could need).
-	l.kickSend(true)
+	// A small write goes on the wire before the caller's local write
+	// starts, so that both run at once (the caller holds nothing that
+	// a drain could need); a large one is left to the writer goroutine,
+	// whose socket write then overlaps the caller's local write.
+	l.kickSend(discard || len(data) <= inlineSendMax)
 	return pw
 }
+
+// inlineSendMax is the largest write whose frame the writing goroutine
+// sends itself (see startWrite).
+const inlineSendMax = 64 << 10
 
 // waitWrite waits as the protocol says and reports whether the peer
 // took the write.
