@@ -205,18 +205,6 @@ func (l *link) send(m Message) error {
 	return err
 }
 
-// sendInline is send, except that the caller writes the queue to the
-// socket itself when no one else is writing (see kickSend): for callers that
-// hold nothing and would otherwise hand the frame to the writer
-// goroutine and wait for it.
-func (l *link) sendInline(m Message) error {
-	l.sendMu.Lock()
-	err := l.sendLocked(m)
-	l.sendMu.Unlock()
-	l.kickSend(true)
-	return err
-}
-
 // trySend queues m unless the queue is full.
 func (l *link) trySend(m Message) {
 	l.sendMu.Lock()

@@ -31,8 +31,14 @@ type receiver struct {
 }
 
 // inlineWrite is the largest write the reader applies itself when the
-// receiver is idle (see submitInline).
-const inlineWrite = 16 << 10
+// receiver is idle (see submitInline): every size a Write or ResyncData
+// can carry. Concurrent pwrites to one file gain nothing from the page
+// cache (the kernel serialises buffered writes to an inode) and cost a
+// goroutine, a thread hand-off and lock contention each; applied in
+// arrival order by the reader they are cheapest, and TCP buffers what
+// arrives meanwhile. Writes with FUA or a flush before them (which wait
+// for the disk) still run on their own goroutine.
+const inlineWrite = MaxData
 
 type rentry struct {
 	off, end uint64
@@ -184,7 +190,7 @@ func (r *receiver) submitResync(m *ResyncData, buf []byte) {
 	l, v := r.l, r.l.v
 	n := uint64(len(m.Data))
 	lo, hi := v.blockRange(m.Offset, n)
-	r.submit(lo, hi, false, func() {
+	r.submitInline(lo, hi, false, true, func() {
 		st := m.Status
 		if st == StatusOK {
 			st = r.localIO(m.Offset, n, func() error {
@@ -200,7 +206,11 @@ func (r *receiver) submitResync(m *ResyncData, buf []byte) {
 			v.mu.Unlock()
 			v.resyncBytes.Add(n)
 		}
-		l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+		if st == StatusOK && r.inline {
+			l.queueAck(m.ID)
+		} else {
+			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+		}
 	})
 }
 

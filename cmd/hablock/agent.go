@@ -241,6 +241,16 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 		return nil, err
 	}
 	a.epoch = mst.Epoch
+	// Buffered I/O (no O_DIRECT), as 'hablock export' by default: the
+	// LUN reports a volatile write cache (WCE=1), so a write may complete
+	// once it is in the page cache of both nodes (protocol C: the peer
+	// acks after its pwrite returned). SYNCHRONIZE CACHE and FUA reach
+	// Volume.Flush, which completes only after both nodes fdatasync'ed
+	// (the Flush message is ordered after every write sent before it):
+	// DRBD's semantics over disks with caches. A killed agent loses
+	// nothing (the page cache belongs to the kernel); a node losing power
+	// loses at most what the initiator had not flushed, like a disk's
+	// cache. The benchmark's standalone baseline runs in this same mode.
 	if a.dev, err = blockdev.OpenFile(node.Backing, blockdev.FileOptions{Size: a.id.Size}); err != nil {
 		return nil, fmt.Errorf("backing store: %w", err)
 	}
