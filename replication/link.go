@@ -56,9 +56,9 @@ type link struct {
 	bw      *bufio.Writer // owned by whoever set writing
 	sentSeq atomic.Uint64 // sequence number of the last frame flushed
 
-	// acks collects WriteAck IDs of writes the reader applied inline
-	// (protocol B: received; C: written), sent as one frame when no
-	// further frame is buffered (see flushAcks). Reader goroutine only.
+	// acks collects WriteAck IDs of writes and resync data the reader
+	// applied inline (protocol C), sent as one frame when no further
+	// frame is buffered (see flushAcks). Reader goroutine only.
 	acks []uint64
 
 	dead     chan struct{} // closed by fail
@@ -626,8 +626,9 @@ func (l *link) frameBuffered() bool {
 }
 
 // queueAck adds a successful write's ID to the acks the reader sends
-// as one WriteAck (reader goroutine only): a burst of writes read from
-// one buffer costs the peer one ack frame, not one per write. They are
+// as one WriteAck (reader goroutine only): a burst of writes applied
+// from one buffer costs the peer one ack frame, not one per write
+// (protocol C, and resync data). They are
 // sent once no further whole frame is buffered, before anything other
 // than a write is handled, and every MaxAckIDs.
 func (l *link) queueAck(id uint64) {
@@ -677,7 +678,9 @@ func (l *link) dispatch(f Frame, buf []byte) error {
 			return errors.New("write sent to a primary")
 		}
 		if l.proto == ProtocolB {
-			l.queueAck(m.ID)
+			// Received: acked at once, not after the local write
+			// (which queueAck's batching would wait for).
+			l.send(&WriteAck{Status: StatusOK, IDs: []uint64{m.ID}})
 		}
 		l.recv.submitWrite(m, buf)
 	case *Discard:
