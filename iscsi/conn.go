@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -265,8 +266,19 @@ func (c *conn) drain() (ok bool) {
 			ok = false
 		}
 	}()
+	yielded := false
 	for {
 		c.wmu.Lock()
+		if len(c.wq) == 0 && !yielded {
+			// Give completions that are runnable right now (several
+			// commands finished by one event, such as one replication
+			// ack for many writes) one chance to queue their
+			// responses before the system call, so they share it.
+			c.wmu.Unlock()
+			yielded = true
+			runtime.Gosched()
+			continue
+		}
 		if len(c.wq) == 0 {
 			c.wmu.Unlock()
 			if err := c.pw.w.Flush(); err != nil {

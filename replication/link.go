@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,8 +39,27 @@ type link struct {
 
 	sendMu  sync.Mutex // orders seq numbers, epochs and the send queue
 	sendSeq uint64
-	sendq   chan []byte
+	// slots bounds the frames queued but not yet written: a sender
+	// takes one (blocking while the queue is full), the drainer gives
+	// it back once the frame is in the socket buffer.
+	slots   chan struct{}
 	recvSeq uint64 // reader goroutine only
+
+	// The send queue (see kickSend and drain): frames in sequence order,
+	// written by whoever sets writing, either the writer goroutine or
+	// a sender draining inline.
+	wmu     sync.Mutex
+	wq      [][]byte
+	wspare  [][]byte // the previous batch's slice, reused
+	writing bool
+	wake    chan struct{} // wakes the writer goroutine
+	bw      *bufio.Writer // owned by whoever set writing
+	sentSeq atomic.Uint64 // sequence number of the last frame flushed
+
+	// acks collects WriteAck IDs of writes and resync data the reader
+	// applied inline (protocol C), sent as one frame when no further
+	// frame is buffered (see flushAcks). Reader goroutine only.
+	acks []uint64
 
 	dead     chan struct{} // closed by fail
 	failOnce sync.Once
@@ -96,7 +116,8 @@ func newLink(v *Volume, conn net.Conn) *link {
 		v: v, conn: conn, proto: v.cfg.Protocol,
 		br:        bufio.NewReaderSize(conn, 64<<10),
 		log:       v.log.With("peer", conn.RemoteAddr().String()),
-		sendq:     make(chan []byte, v.cfg.MaxInflightWrites+2*v.cfg.ResyncInflight+64),
+		slots:     make(chan struct{}, v.cfg.MaxInflightWrites+2*v.cfg.ResyncInflight+64),
+		wake:      make(chan struct{}, 1),
 		dead:      make(chan struct{}),
 		finished:  make(chan struct{}),
 		kick:      make(chan struct{}, 1),
@@ -108,6 +129,7 @@ func newLink(v *Volume, conn net.Conn) *link {
 		verifies:  make(map[uint64]chan *VerifyReply),
 		reads:     make(map[uint64]*pendingRead),
 	}
+	l.bw = bufio.NewWriterSize(conn, 256<<10)
 	l.recv.l = l
 	l.recv.sem = make(chan struct{}, v.cfg.MaxInflightWrites+v.cfg.ResyncInflight)
 	return l
@@ -177,20 +199,26 @@ func (l *link) readFrameBuf() (Frame, []byte, error) {
 // send queues m for the writer. It fails only when the link is dead.
 func (l *link) send(m Message) error {
 	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
-	return l.sendLocked(m)
+	err := l.sendLocked(m)
+	l.sendMu.Unlock()
+	l.kickSend(false)
+	return err
 }
 
 // trySend queues m unless the queue is full.
 func (l *link) trySend(m Message) {
 	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
-	if l.isDead() || len(l.sendq) == cap(l.sendq) {
+	if l.isDead() || len(l.slots) == cap(l.slots) {
+		l.sendMu.Unlock()
 		return
 	}
 	l.sendLocked(m) // cannot block: sendMu is held and there is room
+	l.sendMu.Unlock()
+	l.kickSend(false)
 }
 
+// sendLocked encodes m and queues it; the caller kicks the queue once
+// it released sendMu.
 func (l *link) sendLocked(m Message) error {
 	if l.isDead() {
 		return fmt.Errorf("send %v: %w", m.Type(), ErrPeerGone)
@@ -200,31 +228,133 @@ func (l *link) sendLocked(m Message) error {
 		l.fail(fmt.Errorf("encode %v: %w", m.Type(), err))
 		return err
 	}
+	return l.enqueueLocked(b, m.Type())
+}
+
+// enqueueLocked appends a sealed frame to the send queue (sendMu held,
+// which keeps the queue in sequence order), waiting for a slot.
+func (l *link) enqueueLocked(b []byte, t MsgType) error {
 	select {
-	case l.sendq <- b:
-		l.sendSeq++
-		return nil
+	case l.slots <- struct{}{}:
 	case <-l.dead:
-		return fmt.Errorf("send %v: %w", m.Type(), ErrPeerGone)
+		return fmt.Errorf("send %v: %w", t, ErrPeerGone)
 	}
+	l.sendSeq++
+	l.wmu.Lock()
+	l.wq = append(l.wq, b)
+	l.wmu.Unlock()
+	return nil
 }
 
 // sendFrame queues a frame prepared with sealPayload, setting its
 // sequence number; like send, it fails only when the link is dead.
 func (l *link) sendFrame(b []byte, t MsgType) error {
 	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
 	if l.isDead() {
+		l.sendMu.Unlock()
 		return fmt.Errorf("send %v: %w", t, ErrPeerGone)
 	}
 	sealHeader(b, l.sendSeq+1)
-	select {
-	case l.sendq <- b:
-		l.sendSeq++
-		return nil
-	case <-l.dead:
-		return fmt.Errorf("send %v: %w", t, ErrPeerGone)
+	err := l.enqueueLocked(b, t)
+	l.sendMu.Unlock()
+	l.kickSend(false)
+	return err
+}
+
+// kickSend gets queued frames onto the wire. With inline set the caller
+// drains the queue itself when no one else is writing, which saves a
+// goroutine hand-off (and, for a replicated write, puts the frame on the
+// wire before the local write is issued rather than after); otherwise
+// the writer goroutine is woken. At most one goroutine writes at a time
+// (l.writing); a frame queued while someone writes is written by that
+// drainer before it stops, so nothing waits for a later kickSend.
+func (l *link) kickSend(inline bool) {
+	l.wmu.Lock()
+	if l.writing || len(l.wq) == 0 {
+		l.wmu.Unlock()
+		return
 	}
+	if !inline {
+		l.wmu.Unlock()
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	l.writing = true
+	l.wmu.Unlock()
+	l.drain()
+}
+
+// drain writes queued frames through the buffered writer until the
+// queue is empty, flushing only then (or every MiB), so that frames
+// queued meanwhile by concurrent senders share a system call. The caller
+// set l.writing; drain clears it. It reports false once the link failed.
+func (l *link) drain() bool {
+	l.conn.SetWriteDeadline(time.Now().Add(l.v.cfg.Timeout))
+	n, yielded := 0, false
+	var last uint64 // sequence number of the last frame written to bw
+	for {
+		l.wmu.Lock()
+		batch := l.wq
+		if len(batch) > 0 {
+			l.wq, l.wspare = l.wspare[:0], nil
+		}
+		l.wmu.Unlock()
+		if len(batch) == 0 {
+			if n > 0 && !yielded {
+				// Give concurrent senders (other writers, acks
+				// being produced right now) one chance to queue
+				// before the system call, so their frames share it.
+				yielded = true
+				runtime.Gosched()
+				continue
+			}
+			if err := l.bw.Flush(); err != nil {
+				return l.drainFailed(err)
+			}
+			l.sentSeq.Store(last)
+			l.v.bytesSent.Add(uint64(n))
+			l.wmu.Lock()
+			if len(l.wq) > 0 {
+				// Queued between the flush and now: ours to write.
+				l.wmu.Unlock()
+				n, yielded = 0, true
+				continue
+			}
+			l.writing = false
+			l.wmu.Unlock()
+			return true
+		}
+		for i, b := range batch {
+			last = binary.BigEndian.Uint64(b[12:20])
+			if _, err := l.bw.Write(b); err != nil {
+				return l.drainFailed(err)
+			}
+			n += len(b)
+			putFrameBuf(b) // bw copied it or wrote it out
+			batch[i] = nil
+			<-l.slots
+		}
+		l.wmu.Lock()
+		l.wspare = batch[:0]
+		l.wmu.Unlock()
+		if n >= 1<<20 {
+			if err := l.bw.Flush(); err != nil {
+				return l.drainFailed(err)
+			}
+			l.v.bytesSent.Add(uint64(n))
+			n = 0
+		}
+	}
+}
+
+// drainFailed fails the link after a write error; l.writing stays set,
+// so nothing writes to the connection again.
+func (l *link) drainFailed(err error) bool {
+	l.fail(fmt.Errorf("%w: send: %w", ErrPeerGone, err))
+	return false
 }
 
 // ---- primary-side requests ----
@@ -233,10 +363,10 @@ func (l *link) sendFrame(b []byte, t MsgType) error {
 // is gone (the caller then marks the range out of sync).
 func (l *link) startWrite(off, n uint64, data []byte, discard bool, al *alRef) *pendingWrite {
 	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
 	l.mu.Lock()
 	if l.closed || l.isDead() {
 		l.mu.Unlock()
+		l.sendMu.Unlock()
 		return nil
 	}
 	l.nextID++
@@ -254,8 +384,18 @@ func (l *link) startWrite(off, n uint64, data []byte, discard bool, al *alRef) *
 	} else {
 		l.sendLocked(&Write{Offset: off, ID: id, Data: data})
 	}
+	l.sendMu.Unlock()
+	// A small write goes on the wire before the caller's local write
+	// starts, so that both run at once (the caller holds nothing that
+	// a drain could need); a large one is left to the writer goroutine,
+	// whose socket write then overlaps the caller's local write.
+	l.kickSend(discard || len(data) <= inlineSendMax)
 	return pw
 }
+
+// inlineSendMax is the largest write whose frame the writing goroutine
+// sends itself (see startWrite).
+const inlineSendMax = 64 << 10
 
 // waitWrite waits as the protocol says and reports whether the peer
 // took the write.
@@ -269,10 +409,10 @@ func (l *link) waitWrite(pw *pendingWrite) bool {
 // sendBarrier closes the current epoch if it holds writes (A and B).
 func (l *link) sendBarrier() {
 	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
 	l.mu.Lock()
 	if l.epochN == 0 || l.closed {
 		l.mu.Unlock()
+		l.sendMu.Unlock()
 		return
 	}
 	nr := l.epoch
@@ -280,14 +420,16 @@ func (l *link) sendBarrier() {
 	l.epochN = 0
 	l.mu.Unlock()
 	l.sendLocked(&Barrier{Nr: nr})
+	l.sendMu.Unlock()
+	l.kickSend(false)
 }
 
 func (l *link) startFlush() chan error {
 	l.sendMu.Lock()
-	defer l.sendMu.Unlock()
 	l.mu.Lock()
 	if l.closed || l.isDead() {
 		l.mu.Unlock()
+		l.sendMu.Unlock()
 		return nil
 	}
 	l.nextID++
@@ -296,6 +438,8 @@ func (l *link) startFlush() chan error {
 	l.flushes[id] = pf
 	l.mu.Unlock()
 	l.sendLocked(&Flush{ID: id})
+	l.sendMu.Unlock()
+	l.kickSend(true)
 	return pf.done
 }
 
@@ -441,9 +585,18 @@ func (l *link) reader() {
 	defer l.wg.Done()
 	v := l.v
 	for {
-		l.conn.SetReadDeadline(time.Now().Add(v.cfg.PingInterval + v.cfg.PingTimeout))
+		if !l.frameBuffered() {
+			// The next read may block: nothing may wait for it.
+			l.flushAcks()
+			l.conn.SetReadDeadline(time.Now().Add(v.cfg.PingInterval + v.cfg.PingTimeout))
+		}
 		f, buf, err := l.readFrameBuf()
 		if err == nil {
+			if f.Type != MsgWrite {
+				// Acks go out in the order their writes arrived,
+				// before any other reply.
+				l.flushAcks()
+			}
 			if err = l.dispatch(f, buf); err != nil && !errors.Is(err, ErrPeerGone) {
 				err = fmt.Errorf("%w: %v message: %w", ErrProtocol, f.Type, err)
 			}
@@ -458,6 +611,41 @@ func (l *link) reader() {
 			return
 		}
 	}
+}
+
+// frameBuffered reports whether a whole frame is already buffered, so
+// that reading it needs no system call (reader goroutine only).
+func (l *link) frameBuffered() bool {
+	if l.br.Buffered() < HeaderSize {
+		return false
+	}
+	hdr, err := l.br.Peek(HeaderSize)
+	if err != nil {
+		return false
+	}
+	return l.br.Buffered() >= HeaderSize+int(binary.BigEndian.Uint32(hdr[20:24]))
+}
+
+// queueAck adds a successful write's ID to the acks the reader sends
+// as one WriteAck (reader goroutine only): a burst of writes applied
+// from one buffer costs the peer one ack frame, not one per write
+// (protocol C, and resync data). They are
+// sent once no further whole frame is buffered, before anything other
+// than a write is handled, and every MaxAckIDs.
+func (l *link) queueAck(id uint64) {
+	l.acks = append(l.acks, id)
+	if len(l.acks) == MaxAckIDs {
+		l.flushAcks()
+	}
+}
+
+// flushAcks sends the queued acks (reader goroutine only).
+func (l *link) flushAcks() {
+	if len(l.acks) == 0 {
+		return
+	}
+	l.send(&WriteAck{Status: StatusOK, IDs: l.acks})
+	l.acks = l.acks[:0] // send encoded them
 }
 
 func classifyReadErr(err error) error {
@@ -491,6 +679,8 @@ func (l *link) dispatch(f Frame, buf []byte) error {
 			return errors.New("write sent to a primary")
 		}
 		if l.proto == ProtocolB {
+			// Received: acked at once, not after the local write
+			// (which queueAck's batching would wait for).
 			l.send(&WriteAck{Status: StatusOK, IDs: []uint64{m.ID}})
 		}
 		l.recv.submitWrite(m, buf)
@@ -549,6 +739,10 @@ func (l *link) dispatch(f Frame, buf []byte) error {
 	case *StateChange:
 		return l.handleStateChange(m)
 	case *Disconnect:
+		if m.Code == DisconnectShutdown {
+			// Closed on purpose (see goodbye): reconnect at once.
+			return fmt.Errorf("%w: peer disconnected: %s%w", ErrPeerGone, m.Reason, errRetryNow)
+		}
 		return fmt.Errorf("%w: peer disconnected (code %d): %s", ErrPeerGone, m.Code, m.Reason)
 	default:
 		return fmt.Errorf("unexpected %v after handshake", f.Type)
@@ -556,44 +750,26 @@ func (l *link) dispatch(f Frame, buf []byte) error {
 	return nil
 }
 
+// writer drains the send queue when woken and no sender is already
+// draining it inline.
 func (l *link) writer() {
 	defer l.wg.Done()
-	bw := bufio.NewWriterSize(l.conn, 256<<10)
 	for {
-		var b []byte
 		select {
-		case b = <-l.sendq:
+		case <-l.wake:
 		case <-l.dead:
 			return
 		}
-		l.conn.SetWriteDeadline(time.Now().Add(l.v.cfg.Timeout))
-		n := 0
-		for {
-			if _, err := bw.Write(b); err != nil {
-				l.fail(fmt.Errorf("%w: send: %w", ErrPeerGone, err))
-				return
-			}
-			n += len(b)
-			putFrameBuf(b) // bw copied it or wrote it out
-			if n >= 1<<20 {
-				break
-			}
-			if len(l.sendq) == 0 {
-				// Give concurrent senders (other writers, acks being
-				// produced right now) one chance to queue before the
-				// syscall, so their frames share it.
-				runtime.Gosched()
-				if len(l.sendq) == 0 {
-					break
-				}
-			}
-			b = <-l.sendq
+		l.wmu.Lock()
+		if l.writing || len(l.wq) == 0 {
+			l.wmu.Unlock()
+			continue
 		}
-		if err := bw.Flush(); err != nil {
-			l.fail(fmt.Errorf("%w: send: %w", ErrPeerGone, err))
+		l.writing = true
+		l.wmu.Unlock()
+		if !l.drain() {
 			return
 		}
-		l.v.bytesSent.Add(uint64(n))
 	}
 }
 
@@ -642,12 +818,46 @@ func (l *link) oldestRequest() time.Duration {
 
 func (l *link) watch(ctx context.Context) {
 	defer l.wg.Done()
+	var err error
 	select {
 	case <-ctx.Done():
-		l.fail(fmt.Errorf("%w: %w", ErrClosed, ctx.Err()))
+		err = fmt.Errorf("%w: %w", ErrClosed, ctx.Err())
 	case <-l.v.stop:
-		l.fail(fmt.Errorf("volume stopped: %w", ErrClosed))
+		err = fmt.Errorf("volume stopped: %w", ErrClosed)
 	case <-l.dead:
+		return
+	}
+	l.goodbye()
+	l.fail(err)
+}
+
+// goodbyeWait bounds how long closing a link waits for its Disconnect
+// to reach the socket.
+const goodbyeWait = 100 * time.Millisecond
+
+// goodbye tells the peer that this side closes the link on purpose (an
+// operator's disconnect or role change, a restart of the volume, a
+// shutdown): a Disconnect with DisconnectShutdown after everything
+// already queued, given up to goodbyeWait to be written. The peer then
+// reconnects at once instead of backing off as after a network failure,
+// so that, for example, 'primary --force' (which restarts the local
+// volume) does not wait out the peer's ConnectRetryMin.
+func (l *link) goodbye() {
+	l.sendMu.Lock()
+	err := l.sendLocked(&Disconnect{Code: DisconnectShutdown, Reason: "closed by the peer's operator or agent; reconnect"})
+	seq := l.sendSeq
+	l.sendMu.Unlock()
+	if err != nil {
+		return
+	}
+	l.kickSend(false)
+	deadline := time.Now().Add(goodbyeWait)
+	for l.sentSeq.Load() < seq && time.Now().Before(deadline) {
+		select {
+		case <-l.dead:
+			return
+		case <-time.After(time.Millisecond):
+		}
 	}
 }
 
@@ -980,8 +1190,9 @@ func (l *link) expect(m Message) error {
 		base := ErrPeerGone
 		switch d.Code {
 		case DisconnectShutdown:
-			// Sent only when the peer's state moved during the
-			// handshake: it redials at once, so should we.
+			// Sent when the peer's state moved during the handshake
+			// (it redials at once, so should we) or when it closed
+			// the link on purpose (see goodbye).
 			return fmt.Errorf("%w: peer refused: %s%w", base, d.Reason, errRetryNow)
 		case DisconnectSplitBrain:
 			base = ErrSplitBrain

@@ -25,11 +25,20 @@ type receiver struct {
 	sem    chan struct{}
 	mu     sync.Mutex
 	active []*rentry
+	// inline is set while submitInline runs work on the reader
+	// goroutine (which alone reads and writes it).
+	inline bool
 }
 
 // inlineWrite is the largest write the reader applies itself when the
-// receiver is idle (see submitInline).
-const inlineWrite = 16 << 10
+// receiver is idle (see submitInline): every size a Write or ResyncData
+// can carry. Concurrent pwrites to one file gain nothing from the page
+// cache (the kernel serialises buffered writes to an inode) and cost a
+// goroutine, a thread hand-off and lock contention each; applied in
+// arrival order by the reader they are cheapest, and TCP buffers what
+// arrives meanwhile. Writes with FUA or a flush before them (which wait
+// for the disk) still run on their own goroutine.
+const inlineWrite = MaxData
 
 type rentry struct {
 	off, end uint64
@@ -53,7 +62,9 @@ func (r *receiver) submitInline(off, end uint64, all, inline bool, work func()) 
 		idle := len(r.active) == 0
 		r.mu.Unlock()
 		if idle {
+			r.inline = true
 			work()
+			r.inline = false
 			return
 		}
 	}
@@ -144,7 +155,10 @@ func (r *receiver) submitWrite(m *Write, buf []byte) {
 		// Protocol C acks every write once written; A and B ack here
 		// only failures (B acked receipt already, and BarrierAck says
 		// the epoch is on disk).
-		if l.proto == ProtocolC || st != StatusOK {
+		switch {
+		case l.proto == ProtocolC && st == StatusOK && r.inline:
+			l.queueAck(m.ID) // the reader sends it with others
+		case l.proto == ProtocolC || st != StatusOK:
 			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
 		}
 	})
@@ -162,7 +176,10 @@ func (r *receiver) submitDiscard(m *Discard) {
 		if st == StatusIOError {
 			v.markDirty(m.Offset, n)
 		}
-		if l.proto == ProtocolC || st != StatusOK {
+		switch {
+		case l.proto == ProtocolC && st == StatusOK && r.inline:
+			l.queueAck(m.ID) // the reader sends it with others
+		case l.proto == ProtocolC || st != StatusOK:
 			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
 		}
 	})
@@ -173,7 +190,7 @@ func (r *receiver) submitResync(m *ResyncData, buf []byte) {
 	l, v := r.l, r.l.v
 	n := uint64(len(m.Data))
 	lo, hi := v.blockRange(m.Offset, n)
-	r.submit(lo, hi, false, func() {
+	r.submitInline(lo, hi, false, true, func() {
 		st := m.Status
 		if st == StatusOK {
 			st = r.localIO(m.Offset, n, func() error {
@@ -189,7 +206,11 @@ func (r *receiver) submitResync(m *ResyncData, buf []byte) {
 			v.mu.Unlock()
 			v.resyncBytes.Add(n)
 		}
-		l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+		if st == StatusOK && r.inline {
+			l.queueAck(m.ID)
+		} else {
+			l.send(&WriteAck{Status: st, IDs: []uint64{m.ID}})
+		}
 	})
 }
 

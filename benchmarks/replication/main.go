@@ -82,7 +82,8 @@ Criteria of the issue, evaluated on this run:
   full initial sync >= 0.80 x the raw copy speed; A and B reported.
 
 Output: progress on stderr, the Markdown report on stdout and in --markdown,
-the same data as JSON in --json. Every process started and the temporary
+the same data as JSON in --json, and the report appended to --results
+(benchmarks/RESULTS.md) as a section headed with the run's date. Every process started and the temporary
 directory are removed on exit and on SIGINT/SIGTERM. Needs qemu-img with the
 iscsi driver (qemu-block-extra).
 
@@ -106,6 +107,7 @@ type options struct {
 	syncBetween bool
 	jsonPath    string
 	mdPath      string
+	resultsPath string
 	hablockBin  string
 	repo        string
 	keep        bool
@@ -157,6 +159,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.syncBetween, "sync-between", true, "sync(2) between runs (untimed)")
 	fs.StringVar(&o.jsonPath, "json", "benchmarks/replication/results.json", "write results as JSON here (empty: don't)")
 	fs.StringVar(&o.mdPath, "markdown", "", "also write the Markdown report here")
+	fs.StringVar(&o.resultsPath, "results", "benchmarks/RESULTS.md", "append the report as a dated section to this file (empty: don't)")
 	fs.StringVar(&o.hablockBin, "hablock-bin", "", "use this hablock binary instead of building ./cmd/hablock")
 	fs.StringVar(&o.repo, "repo", "", "module root to build ./cmd/hablock in (default: from go env GOMOD)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (backing files, logs)")
@@ -191,6 +194,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "replication: %v\n", err)
 			return 1
 		}
+	}
+	if o.resultsPath != "" {
+		if err := appendResults(o.resultsPath, rep.section()); err != nil {
+			fmt.Fprintf(stderr, "replication: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stderr, "appended to %s\n", o.resultsPath)
 	}
 	if o.jsonPath != "" {
 		if err := rep.writeJSON(o.jsonPath); err != nil {
@@ -249,7 +259,7 @@ func newRunner(o options, args []string, log io.Writer) (*runner, error) {
 	if len(o.configs) == 0 && len(r.workloads) > 0 {
 		return nil, fmt.Errorf("no configurations")
 	}
-	for _, p := range []string{o.jsonPath, o.mdPath} {
+	for _, p := range []string{o.jsonPath, o.mdPath, o.resultsPath} {
 		if p == "" {
 			continue
 		}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -122,6 +124,25 @@ func TestFinishRatiosAndLatency(t *testing.T) {
 		if !strings.Contains(md, s) {
 			t.Errorf("markdown lacks %q:\n%s", s, md)
 		}
+	}
+
+	// Two runs append two dated sections after what the file had.
+	path := filepath.Join(t.TempDir(), "RESULTS.md")
+	if err := os.WriteFile(path, []byte("# earlier results\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := appendResults(path, r.section()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := "## " + reportTitle + ", " + r.Started.Format("2006-01-02 15:04Z")
+	if got := string(b); !strings.HasPrefix(got, "# earlier results\n\n"+head) || strings.Count(got, head) != 2 || strings.Count(got, "**FAIL**") != 2*strings.Count(md, "**FAIL**") {
+		t.Errorf("results file after two appends:\n%s", got)
 	}
 }
 

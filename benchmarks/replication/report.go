@@ -215,11 +215,37 @@ func (r *report) configNames() []string {
 	return n
 }
 
+const reportTitle = "Replication benchmark: replicated resource (protocols C, B, A) vs the same target standalone"
+
 func (r *report) markdown() string {
+	return "# " + reportTitle + "\n\n" + r.body()
+}
+
+// section is the report as a dated second-level section of a results
+// file that collects many runs.
+func (r *report) section() string {
+	return "## " + reportTitle + ", " + r.Started.Format("2006-01-02 15:04Z") + "\n\n" + r.body()
+}
+
+// appendResults appends section to path, separated from what is there
+// by a blank line; the file is created if missing.
+func appendResults(path, section string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString("\n" + section); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// body is the report without its title (it has no other headings).
+func (r *report) body() string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	names := r.configNames()
-	p("# Replication benchmark: replicated resource (protocols C, B, A) vs the same target standalone\n\n")
 	p("Command (from the module root):\n\n```\n%s\n```\n\n", r.Command)
 	p("Run %s to %s, everything on 127.0.0.1. Median of %d runs per cell, configurations alternated within each workload; "+
 		"cells are IOPS (MiB/s), and for queue depth 1 also the latency 1/IOPS; ratios are of the medians from this run.\n\n",

@@ -65,6 +65,11 @@ the next connect resync everything from the peer; after a split brain,
 "hablock connect --discard-my-data" on the node whose changes are to be
 thrown away (see "hablock connect --help").
 
+Profiling: with HABLOCK_PPROF=ADDR (for example 127.0.0.1:6060) in the
+environment the agent also serves Go's net/http/pprof handlers on ADDR
+(/debug/pprof/...; no authentication, so keep ADDR on loopback). Off by
+default.
+
 Not here yet: automatic failover (issue 4) — promotion is manual
 ("hablock primary").
 
@@ -82,6 +87,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		cfgPath, nodeName, logLevel, logFormat string
 		noConnect                              bool
 		grace                                  time.Duration
+		procs                                  int
 	)
 	fs := newFlags("agent", agentHelp, stdout, stderr)
 	fs.StringVar(&cfgPath, "config", "", "resource file `path` (required)")
@@ -90,8 +96,12 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&grace, "shutdown-grace", 5*time.Second, "on SIGINT/SIGTERM, how long iSCSI sessions get to log out")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
+	fs.IntVar(&procs, "procs", 0, "CPUs the Go runtime may use at once (GOMAXPROCS). 0: half the machine's CPUs, at least 1, unless $GOMAXPROCS is set (as for hablock export: idle runtime threads spin and take cores from the kernel's network and page-cache work)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if procs < 0 {
+		return usageErrorf("--procs: %d is negative", procs)
 	}
 	if err := requireConfigNode(cfgPath, nodeName); err != nil {
 		return err
@@ -102,6 +112,14 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	}
 	if res, err := config.Load(cfgPath); err == nil && res.IsWitness(nodeName) {
 		return runWitness(res, nodeName, cfgPath, log) // the diskless quorum member: cmd/hablock/witness.go
+	}
+	setProcs(procs)
+	if addr := os.Getenv("HABLOCK_PPROF"); addr != "" {
+		stopPprof, err := servePprof(addr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
 	}
 	res, node, err := loadNode(cfgPath, nodeName)
 	if err != nil {
@@ -260,6 +278,16 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 		return nil, err
 	}
 	a.epoch = mst.Epoch
+	// Buffered I/O (no O_DIRECT), as 'hablock export' by default: the
+	// LUN reports a volatile write cache (WCE=1), so a write may complete
+	// once it is in the page cache of both nodes (protocol C: the peer
+	// acks after its pwrite returned). SYNCHRONIZE CACHE and FUA reach
+	// Volume.Flush, which completes only after both nodes fdatasync'ed
+	// (the Flush message is ordered after every write sent before it):
+	// DRBD's semantics over disks with caches. A killed agent loses
+	// nothing (the page cache belongs to the kernel); a node losing power
+	// loses at most what the initiator had not flushed, like a disk's
+	// cache. The benchmark's standalone baseline runs in this same mode.
 	if a.dev, err = blockdev.OpenFile(node.Backing, blockdev.FileOptions{Size: a.id.Size}); err != nil {
 		return nil, fmt.Errorf("backing store: %w", err)
 	}
@@ -769,7 +797,13 @@ func (a *agent) Primary(ctx context.Context, force bool) error {
 		if s.PeerRole == replication.RolePrimary {
 			return fmt.Errorf("%w: peer %s is Primary", admin.ErrConflict, a.peer.Name)
 		}
-		if err := a.forceUpToDateLocked(); err != nil {
+		wasRunning, err := a.forceUpToDateLocked()
+		if wasRunning {
+			// Reconnect once promoted (or refused): a handshake started
+			// before Promote would be refused as stale and redone.
+			defer a.startRunLocked()
+		}
+		if err != nil {
 			return err
 		}
 		v = a.volume()
@@ -805,12 +839,13 @@ func (a *agent) Primary(ctx context.Context, force bool) error {
 
 // forceUpToDateLocked declares the local data the good copy: the volume
 // is restarted UpToDate in a new generation, with every block marked out
-// of sync so that the peer gets all of it. a.opMu held.
+// of sync so that the peer gets all of it. It stops the connection loop
+// and reports whether it ran; the caller restarts it. a.opMu held.
 //
 // TODO(issue 3): replication.Volume has no "force UpToDate" (nor
 // invalidate) operation; the restart below is the agent's stand-in.
-func (a *agent) forceUpToDateLocked() error {
-	wasRunning := a.stopRunLocked()
+func (a *agent) forceUpToDateLocked() (wasRunning bool, err error) {
+	wasRunning = a.stopRunLocked()
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	old := a.volume()
@@ -821,7 +856,7 @@ func (a *agent) forceUpToDateLocked() error {
 	bm.SetAll()
 	a.persist.replace(bm)
 	if err := a.persist.flushAll(); err != nil {
-		return err
+		return wasRunning, err
 	}
 	st := replication.State{VolumeUUID: a.id.UUID, NodeName: a.node.Name, Role: replication.RoleSecondary,
 		Disk: replication.UpToDate, GI: gi, Bitmap: a.persist.snapshot()}
@@ -829,16 +864,13 @@ func (a *agent) forceUpToDateLocked() error {
 	a.persist.setFlags(meta.FlagConsistent|meta.FlagWasUpToDate, replicationGen(gi))
 	v, err := a.newVolume(st)
 	if err != nil {
-		return err
+		return wasRunning, err
 	}
 	a.log.Warn("forced UpToDate: this node's data is now the good copy; the peer will be fully resynced", "gen", gi.String())
 	a.mu.Lock()
 	a.vol = v
 	a.mu.Unlock()
-	if wasRunning {
-		a.startRunLocked()
-	}
-	return nil
+	return wasRunning, nil
 }
 
 func freshGen() uint64 {

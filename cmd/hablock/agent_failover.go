@@ -320,8 +320,17 @@ func (a *agent) primaryByVote(ctx context.Context, m *failover.Manager, force bo
 			}
 		}
 		a.opMu.Lock()
-		err := a.forceUpToDateLocked()
+		wasRunning, err := a.forceUpToDateLocked()
 		a.opMu.Unlock()
+		if wasRunning {
+			// Reconnect once promoted (or refused): a handshake started
+			// before the promotion would be refused as stale and redone.
+			defer func() {
+				a.opMu.Lock()
+				a.startRunLocked()
+				a.opMu.Unlock()
+			}()
+		}
 		if err != nil {
 			return err
 		}
