@@ -112,6 +112,14 @@ type Hooks struct {
 	// OnBitmapDirty is called when bytes [off, off+n) (whole blocks)
 	// become out of sync, before the write that caused it completes.
 	OnBitmapDirty func(off, n uint64)
+	// OnBitmapMerged, when set, replaces the run-by-run OnBitmapDirty
+	// calls with which the whole bitmap is reported at a connect (the
+	// peer's bits merged in), invalidate or force: bm is the engine's
+	// bitmap, to be read during the call only. A caller that persists
+	// the bitmap in chunks then writes each chunk once, instead of once
+	// per dirty run (thousands of synced writes inside the handshake's
+	// timeout after a random write load).
+	OnBitmapMerged func(bm *Bitmap)
 	// OnBitmapClean is called when blocks of [off, off+n) become in sync
 	// (resync progress). It may be persisted lazily: a persisted bit that
 	// is set but should not be costs only a redundant resync, but without
@@ -395,6 +403,10 @@ func (v *Volume) markDirtyLocked(off, n uint64) {
 // reportDirtyLocked reports every dirty run to OnBitmapDirty, after a
 // bulk change (full sync, bitmap exchange).
 func (v *Volume) reportDirtyLocked() {
+	if v.hooks.OnBitmapMerged != nil {
+		v.hooks.OnBitmapMerged(v.bm)
+		return
+	}
 	if v.hooks.OnBitmapDirty == nil {
 		return
 	}

@@ -376,12 +376,13 @@ func (a *agent) newVolume(st replication.State) (*replication.Volume, error) {
 		return nil, err
 	}
 	v.SetHooks(replication.Hooks{
-		OnGenIDs:      a.persist.genIDs,
-		OnBitmapDirty: a.persist.dirty,
-		OnBitmapClean: a.persist.clean,
-		OnPeerLost:    a.notifyFailover,
-		BeforeWrite:   a.al.before,
-		AfterWrite:    a.al.after,
+		OnGenIDs:       a.persist.genIDs,
+		OnBitmapDirty:  a.persist.dirty,
+		OnBitmapMerged: a.persist.merged,
+		OnBitmapClean:  a.persist.clean,
+		OnPeerLost:     a.notifyFailover,
+		BeforeWrite:    a.al.before,
+		AfterWrite:     a.al.after,
 	})
 	return v, nil
 }

@@ -290,6 +290,39 @@ func (p *persister) dirty(off, n uint64) {
 	}
 }
 
+// merged is Hooks.OnBitmapMerged: every bit set in bm is set here and
+// persisted before returning, each touched chunk written once.
+func (p *persister) merged(bm *replication.Bitmap) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	p.mu.Lock()
+	touched := map[uint64]bool{}
+	for pos := uint64(0); ; {
+		off, n, ok := bm.NextDirtyRange(pos, ^uint64(0))
+		if !ok {
+			break
+		}
+		pos = off + n
+		if added, err := p.bm.Set(off, n); err != nil || added == 0 {
+			continue // already persisted as set (see dirty)
+		}
+		from, to := p.chunkRange(off, n)
+		for i := from; i <= to; i++ {
+			touched[i] = true
+			delete(p.pending, i)
+		}
+	}
+	idxs := make([]uint64, 0, len(touched))
+	for i := range touched {
+		idxs = append(idxs, i)
+	}
+	chunks := p.encodeLocked(idxs)
+	p.mu.Unlock()
+	if err := p.putChunks(idxs, chunks); err != nil {
+		p.log.Error("persist out-of-sync bitmap", "err", err, "chunks", len(idxs))
+	}
+}
+
 // markOutOfSync marks exts out of sync and persists the chunks they touch
 // before returning.
 func (p *persister) markOutOfSync(exts []replication.Extent) error {

@@ -385,4 +385,19 @@ func TestPersisterRoundTrip(t *testing.T) {
 	if n := r.snapshot().Count(); n != 2 || !r.snapshot().Test(5<<30/4096) {
 		t.Fatalf("after clear + one dirty write: %d blocks dirty", n)
 	}
+	// A connect-time merge of many scattered runs (OnBitmapMerged): all
+	// persisted, each touched chunk written once.
+	peer, _ := replication.NewBitmap(1<<38, 4096)
+	for i := uint64(0); i < 3000; i++ {
+		peer.Set(i*(1<<38/3000)&^4095, 4096)
+	}
+	r.merged(peer)
+	reload, _ := replication.NewBitmap(1<<38, 4096)
+	u, err := newPersister(st, reload, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.snapshot().Count(); got != 3000+2 {
+		t.Fatalf("after merging 3000 runs: %d blocks persisted dirty, want %d", got, 3000+2)
+	}
 }
