@@ -39,7 +39,7 @@ create-md") and backing store, and then:
     accepts), handshake, resync, online verify;
   - serves the admin socket (the node's "admin" setting) that "hablock
     status", "primary", "secondary", "connect", "disconnect", "verify",
-    "pause-sync", "resume-sync" and "invalidate" talk to;
+    "pause-sync", "resume-sync", "invalidate" and "switchover" talk to;
   - while Primary, exports the replicated volume over iSCSI on
     iscsi.listen as iscsi.iqn, LUN 0, with the volume UUID as SCSI
     identity (the same disk on both nodes).
@@ -70,8 +70,29 @@ environment the agent also serves Go's net/http/pprof handlers on ADDR
 (/debug/pprof/...; no authentication, so keep ADDR on loopback). Off by
 default.
 
-Not here yet: automatic failover (issue 4) — promotion is manual
-("hablock primary").
+Automatic failover: a resource with a witness (its "witness" section;
+run "hablock agent --node W" on the witness too) fails over by itself.
+Each node runs the failover manager (package failover): UDP heartbeats
+every failover.heartbeat-interval, serf membership, and a quorum record
+(epoch, Primary, up-to-date disks) agreed by two of the three nodes and
+persisted before anyone acts on it. Then:
+  - the Primary's engine runs with fencing: when it loses its peer it
+    holds writes (neither acknowledged nor failed) until a majority has
+    recorded the peer outdated, and suspends I/O when it hears neither
+    peer nor witness;
+  - the Secondary takes over when the Primary has been silent for
+    failover.heartbeat-timeout, only if the witness does not hear it
+    either and only with an UpToDate disk listed in the record: it
+    promotes, starts the iSCSI target, adds iscsi.vip (gratuitous ARP)
+    and resets the initiators' old connections (tickle ACK);
+  - a node that comes back after being replaced learns the new epoch,
+    stays or becomes Secondary and resyncs from the new Primary (bitmap
+    and activity log, never a blind full sync);
+  - "hablock switchover" moves the role in a planned way; "hablock
+    primary" takes it through a vote; "hablock secondary" is refused.
+Without a witness, failover is manual ("hablock primary"/"secondary").
+A stale iscsi.vip left on the interface by a killed agent is removed at
+start, before the node is heard.
 
 Examples:
   hablock create-md --config /etc/hablock/r0.conf --node n1

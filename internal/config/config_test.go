@@ -179,6 +179,8 @@ func TestBroken(t *testing.T) {
 			`t.conf:11: node[n1].backing: "vdb" is not an absolute path`},
 		{"witness backing", "witness w { address 10.0.0.3:7789 }", "witness w { address 10.0.0.3:7789; backing /dev/vdc }",
 			`t.conf:14: witness[w].backing: a witness has no backing store`},
+		{"witness with protocol A", "    size 1G\n", "    size 1G\n    protocol A\n",
+			`t.conf:3: protocol: protocol A with a witness: automatic failover needs protocol C (with A or B the Secondary may lack writes the Primary already acknowledged, and a takeover would lose them); use protocol C, or drop the witness and fail over by hand`},
 		{"one node", "node n2 { address 10.0.0.2:7789; backing /dev/vdb }", "",
 			`t.conf:1: node: 1 disk nodes; want exactly two "node NAME { ... }" sections`},
 		{"three nodes", "    witness w", "    node n3 { address 10.0.0.4:1; backing /dev/vdb }\n    witness w",

@@ -246,6 +246,9 @@ func (v *validator) nodes() {
 		if r.Witness.Backing != "" {
 			v.errf(all[len(all)-1].id+".backing", "a witness has no backing store")
 		}
+		if r.Protocol != ProtocolC {
+			v.errf("protocol", "protocol %v with a witness: automatic failover needs protocol C (with A or B the Secondary may lack writes the Primary already acknowledged, and a takeover would lose them); use protocol C, or drop the witness and fail over by hand", r.Protocol)
+		}
 	}
 	names := map[string]string{} // name -> id
 	addrs := map[string]string{} // normalised address -> field
