@@ -269,7 +269,11 @@ func (c *cluster) heal() {
 // setLink models the replication link: down, the Primary holds writes
 // (fencing on) and both see the peer gone; up, the nodes connect and the
 // Secondary resyncs (at once in this model).
-func (c *cluster) setLink(up bool) {
+func (c *cluster) setLink(up bool) { c.setLinkHeld(up, true) }
+
+// setLinkHeld is setLink with a choice: held false models a link lost
+// while no write was in flight, so the Primary holds nothing.
+func (c *cluster) setLinkHeld(up, held bool) {
 	c.mu.Lock()
 	c.link = up
 	c.mu.Unlock()
@@ -280,7 +284,7 @@ func (c *cluster) setLink(up bool) {
 			if up {
 				f.UpToDate = true
 				f.Held = false
-			} else if f.Role == RolePrimary {
+			} else if f.Role == RolePrimary && held {
 				f.Held = true
 			}
 		})
@@ -530,8 +534,7 @@ func TestClusterLinkCutIdle(t *testing.T) {
 	c.bootstrap()
 	e := c.status("w").Record.Epoch
 	c.partitionOff("n1", "n2")
-	c.setLink(false)
-	c.local["n1"].set(func(f *Facts) { f.Held = false })
+	c.setLinkHeld(false, false)
 	c.waitFor("n2 asked to take over and was refused", func() bool {
 		s := c.status("n2")
 		return s.Voted > e && strings.Contains(s.Last.Error, "refused")
