@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hablock/hablock/failover"
 	"io"
 	"os"
 	"os/signal"
@@ -306,6 +307,11 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 func formatStatus(st admin.Status) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s role:%s\n", st.Resource, st.Role)
+	if st.Role == "Witness" {
+		// Diskless: only the quorum view.
+		formatFailover(&b, st.Failover)
+		return b.String()
+	}
 	fmt.Fprintf(&b, "  disk:%s", st.Disk)
 	if st.OutOfSyncBytes > 0 {
 		fmt.Fprintf(&b, " out-of-sync:%s", humanBytes(float64(st.OutOfSyncBytes)))
@@ -350,30 +356,36 @@ func formatStatus(st admin.Status) string {
 		fmt.Fprintf(&b, "    keep %s's data: on %s: hablock secondary, then hablock connect --discard-my-data; here: hablock connect\n", node, peer)
 		fmt.Fprintf(&b, "    keep %s's data: here: hablock secondary, then hablock connect --discard-my-data; on %s: hablock connect\n", peer, peer)
 	}
-	if f := st.Failover; f != nil {
-		q := "no"
-		if f.Quorum {
-			q = "yes"
-		}
-		fmt.Fprintf(&b, "  failover: epoch:%d primary:%s up-to-date:%s quorum:%s", f.Record.Epoch, orNone(f.Record.Primary), orNone(strings.Join(f.Record.UpToDate, ",")), q)
-		if f.Suspended {
-			b.WriteString(" io:suspended")
+	formatFailover(&b, st.Failover)
+	return b.String()
+}
+
+// formatFailover writes the failover manager's view (nil: none).
+func formatFailover(b *strings.Builder, f *failover.Status) {
+	if f == nil {
+		return
+	}
+	q := "no"
+	if f.Quorum {
+		q = "yes"
+	}
+	fmt.Fprintf(b, "  failover: epoch:%d primary:%s up-to-date:%s quorum:%s", f.Record.Epoch, orNone(f.Record.Primary), orNone(strings.Join(f.Record.UpToDate, ",")), q)
+	if f.Suspended {
+		b.WriteString(" io:suspended")
+	}
+	b.WriteString("\n")
+	for _, m := range f.Members {
+		fmt.Fprintf(b, "    %s serf:%s heartbeat:", m.Name, m.Serf)
+		if m.HeartbeatAgeMS < 0 {
+			b.WriteString("never")
+		} else {
+			fmt.Fprintf(b, "%dms-ago", m.HeartbeatAgeMS)
 		}
 		b.WriteString("\n")
-		for _, m := range f.Members {
-			fmt.Fprintf(&b, "    %s serf:%s heartbeat:", m.Name, m.Serf)
-			if m.HeartbeatAgeMS < 0 {
-				b.WriteString("never")
-			} else {
-				fmt.Fprintf(&b, "%dms-ago", m.HeartbeatAgeMS)
-			}
-			b.WriteString("\n")
-		}
-		if f.Last.Reason != "" {
-			fmt.Fprintf(&b, "    last-decision: %s: %s\n", f.Last.Action, f.Last.Reason)
-		}
 	}
-	return b.String()
+	if f.Last.Reason != "" {
+		fmt.Fprintf(b, "    last-decision: %s: %s\n", f.Last.Action, f.Last.Reason)
+	}
 }
 
 func orNone(s string) string {
