@@ -278,7 +278,9 @@ func (v *validator) nodes() {
 				addrs[key] = m.id + ".address"
 			}
 		}
-		if !dupAddr && n.Address != "" && checkHostPort(n.Address, false) == nil {
+		// gossip and control are bound only by the failover manager,
+		// which runs only with a witness.
+		if r.Witness != nil && !dupAddr && n.Address != "" && checkHostPort(n.Address, false) == nil {
 			for _, a := range []struct{ key, val string }{{"gossip", n.GossipAddress()}, {"control", n.ControlAddress()}} {
 				field := m.id + "." + a.key
 				if a.val == "" {
