@@ -56,7 +56,7 @@ func (a *agent) Promote(ctx context.Context, epoch uint64, peerOutdated bool, cl
 		if err := a.persist.setRole(meta.Primary); err != nil {
 			return err
 		}
-		if err := v.Promote(); err != nil {
+		if err := promoteWhenPeerDemoted(ctx, v); err != nil {
 			a.persist.setRole(meta.Secondary)
 			return fmt.Errorf("promote for epoch %d: %w", epoch, err)
 		}
@@ -80,6 +80,23 @@ func (a *agent) Promote(ctx context.Context, epoch uint64, peerOutdated bool, cl
 		"engine", engineAt.Sub(start), "target", targetAt.Sub(engineAt), "vip", vipAt.Sub(targetAt),
 		"tickled", tickled, "total", time.Since(start))
 	return nil
+}
+
+// promoteWhenPeerDemoted promotes v. In a switchover the old Primary
+// demotes and then asks this node to promote at once, over the same
+// link: its role change may still be in flight, and the engine refuses a
+// second Primary. The quorum record already names this node, so wait
+// (briefly) for the peer's demotion to arrive instead of failing.
+func promoteWhenPeerDemoted(ctx context.Context, v *replication.Volume) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := v.Promote()
+		if err == nil || !errors.Is(err, replication.ErrBusy) || v.Status().PeerRole != replication.RolePrimary ||
+			time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // tickle resets the clients' connections to the old Primary (those to
@@ -132,19 +149,34 @@ func (a *agent) Demote(ctx context.Context, epoch uint64, opts failover.DemoteOp
 	a.sync()
 	if !opts.KeepClients {
 		a.stopExport(0)
+		v.ResumeIO()
 	}
-	v.ResumeIO()
-	// Reconnect as Secondary; with DiscardLocal the handshake gives up
-	// this node's unreplicated (never acknowledged) changes.
-	a.stopRunLocked()
-	a.connectLocked(v, opts.DiscardLocal)
+	// else: the kept connections' commands stay abandoned (unanswered,
+	// retried by the initiator on the new Primary) until CloseClients;
+	// resuming here would answer them with errors from a Secondary.
+	// With DiscardLocal (this node was replaced while cut off) reconnect
+	// so that the handshake gives up its unreplicated, never
+	// acknowledged changes. Otherwise (a switchover) the link stays up:
+	// both disks are UpToDate and the peer promotes over it; a
+	// reconnect here would start a handshake, and a resync, just as the
+	// peer is asked to promote.
+	if opts.DiscardLocal {
+		a.stopRunLocked()
+		a.connectLocked(v, true)
+	} else {
+		a.startRunLocked() // no-op when running
+	}
 	a.log.Info("demoted by failover", "epoch", epoch, "discard_local", opts.DiscardLocal,
 		"keep_clients", opts.KeepClients, "took", time.Since(start))
 	return nil
 }
 
-// CloseClients is failover.Local.CloseClients.
-func (a *agent) CloseClients() { a.stopExport(0) }
+// CloseClients is failover.Local.CloseClients: drop the connections a
+// switchover's Demote kept, then end the abandonment of their I/O.
+func (a *agent) CloseClients() {
+	a.stopExport(0)
+	a.volume().ResumeIO()
+}
 
 // PeerFenced is failover.Local.PeerFenced.
 func (a *agent) PeerFenced(epoch uint64) {
