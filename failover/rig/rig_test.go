@@ -1,0 +1,105 @@
+package rig
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	RunRoleIfRequested()
+	os.Exit(m.Run())
+}
+
+// TestFailoverRig is the short default run of the end-to-end rig: two
+// unplanned failovers (n1 dies, then n2) and one planned switchover with
+// PostgreSQL under pgbench, the HTTP poller and the fsync writer on ext4
+// over the LUN, then the end-of-run checks. The full run is
+// `go run ./benchmarks/failover`.
+func TestFailoverRig(t *testing.T) {
+	if miss := Requirements(); len(miss) > 0 {
+		t.Skip("the failover rig needs: " + strings.Join(miss, "; "))
+	}
+	if testing.Short() {
+		t.Skip("the failover rig takes about two minutes: skipped with -short")
+	}
+	takeover := TakeoverManual
+	if s := os.Getenv("HABLOCK_RIG_TAKEOVER"); s != "" {
+		var err error
+		if takeover, err = ParseTakeover(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := t.Context()
+	r, err := New(ctx, Options{Takeover: takeover, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("logs kept in %s", r.Dir())
+			return
+		}
+		_ = r.RemoveDir()
+	})
+	start := time.Now()
+	if err := r.StartCluster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.StartClient(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cluster and client up after %v", time.Since(start).Round(time.Millisecond))
+	failovers, switchovers := envInt(t, "HABLOCK_RIG_FAILOVERS", 2), envInt(t, "HABLOCK_RIG_SWITCHOVERS", 1)
+	var trials []Trial
+	for i := 0; i < failovers; i++ {
+		tr, err := r.Failover(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trials = append(trials, tr)
+	}
+	for i := 0; i < switchovers; i++ {
+		tr, err := r.Switchover(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trials = append(trials, tr)
+	}
+	for _, tr := range trials {
+		if tr.Errors() != 0 {
+			t.Errorf("%s %s->%s: %d errors: HTTP %d, writer %d, pgbench failed %d aborted %d %s",
+				tr.Kind, tr.From, tr.To, tr.Errors(), tr.HTTPFailures, tr.WriteErrors, tr.PGFailed, tr.PGAborted, tr.PGErr)
+		}
+		if tr.PGCommitted == 0 {
+			t.Errorf("%s %s->%s: pgbench committed nothing", tr.Kind, tr.From, tr.To)
+		}
+	}
+	f, err := r.Finish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("final: %d committed ids recorded, %d ledger rows, %d missing; %d writes; backing files equal %v (%d MiB); e2fsck clean %v",
+		f.LedgerRecorded, f.LedgerRows, f.LedgerMissing, f.Writes, f.BackingEqual, f.BackingSize>>20, f.E2fsckClean)
+	if !f.OK() {
+		t.Errorf("end-of-run checks failed: %+v", f)
+	}
+}
+
+// envInt reads a trial count override from the environment.
+func envInt(t *testing.T, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		t.Fatalf("%s=%q: want a count", name, s)
+	}
+	return n
+}
