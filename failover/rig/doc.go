@@ -16,7 +16,8 @@
 // # Nodes
 //
 // The agents are the real hablock binary (built once from ./cmd/hablock)
-// run as `ip netns exec PREFIX-NODE hablock agent --config F --node N`.
+// run as `nsenter --net=/run/netns/PREFIX-NODE hablock agent --config F
+// --node N` (not ip netns exec: see below).
 // Resource file: Rig.ResourceFile, one function, extended with
 // Options.ExtraConfig. A node dies as a real host does (Kill): its link
 // goes down first, so no FIN or RST escapes, then its agent is

@@ -175,6 +175,8 @@ type Rig struct {
 	lun, mnt, pgData, pgSock, ledgerFile string
 	qsd, postgres, work                  *proc
 	mounted                              bool
+	loopDev                              string  // e.g. loop0
+	mountedAt                            float64 // /proc/uptime at mount, for kernel log lines
 
 	mu     sync.Mutex // guards the event lists
 	writes []int64    // completion times of the writer's write+fsync
@@ -347,7 +349,12 @@ func (r *Rig) StartCluster(ctx context.Context) error {
 // startAgent runs `hablock agent` for node inside its namespace and waits
 // until its admin socket answers.
 func (r *Rig) startAgent(ctx context.Context, node string, noConnect bool) error {
-	argv := []string{"ip", "netns", "exec", r.tp.ns(node), r.bin, "agent", "--config", r.conf, "--node", node, "--shutdown-grace", "2s"}
+	// nsenter, not ip netns exec: ip netns exec gives the agent a mount
+	// namespace of its own, a copy of the rig's taken at start. An agent
+	// revived while the client's ext4 is mounted would then hold a second
+	// reference to that mount, the rig's umount would not unmount it, and
+	// its dirty pages would fail with EIO once the initiator stops.
+	argv := r.nsenter(node, r.bin, "agent", "--config", r.conf, "--node", node, "--shutdown-grace", "2s")
 	if noConnect {
 		argv = append(argv, "--no-connect")
 	}
@@ -489,6 +496,10 @@ func (r *Rig) StartClient(ctx context.Context) error {
 		return err
 	}
 	r.mounted = true
+	if out, err := run(ctx, "findmnt", "-n", "-o", "SOURCE", r.mnt); err == nil {
+		r.loopDev = filepath.Base(strings.TrimSpace(out))
+	}
+	r.mountedAt = uptime()
 	if err := r.startPostgres(ctx); err != nil {
 		return err
 	}
@@ -671,3 +682,38 @@ func (r *Rig) Close() error {
 
 // RemoveDir deletes the working directory (after Close).
 func (r *Rig) RemoveDir() error { return os.RemoveAll(r.opts.Dir) }
+
+// uptime is the kernel's clock of dmesg timestamps, in seconds.
+func uptime() float64 {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return 0
+	}
+	var up float64
+	fmt.Sscanf(string(b), "%f", &up)
+	return up
+}
+
+// kernelIOErrors returns the kernel log lines since the mount that report
+// I/O errors on the loop device or ext4 errors on it: a write the file
+// system lost is reported there, not to any process.
+func (r *Rig) kernelIOErrors(ctx context.Context) []string {
+	if r.loopDev == "" {
+		return nil
+	}
+	out, err := run(ctx, "dmesg")
+	if err != nil {
+		return []string{"dmesg: " + err.Error()}
+	}
+	var bad []string
+	for _, line := range strings.Split(out, "\n") {
+		var ts float64
+		if _, err := fmt.Sscanf(strings.TrimLeft(line, "[ "), "%f]", &ts); err != nil || ts < r.mountedAt {
+			continue
+		}
+		if strings.Contains(line, r.loopDev) && (strings.Contains(line, "error") || strings.Contains(line, "EXT4-fs warning") || strings.Contains(line, "EXT4-fs error")) {
+			bad = append(bad, strings.TrimSpace(line))
+		}
+	}
+	return bad
+}

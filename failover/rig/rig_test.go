@@ -41,7 +41,7 @@ func TestFailoverRig(t *testing.T) {
 		if err := r.Close(); err != nil {
 			t.Errorf("close: %v", err)
 		}
-		if t.Failed() {
+		if t.Failed() || os.Getenv("HABLOCK_RIG_KEEP") != "" {
 			t.Logf("logs kept in %s", r.Dir())
 			return
 		}

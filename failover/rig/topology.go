@@ -172,7 +172,7 @@ func (tp *topology) addVIP(ctx context.Context, host string) error {
 	if err := tp.ip(ctx, "-n", tp.ns(host), "addr", "replace", VIPCIDR, "dev", ifName); err != nil {
 		return err
 	}
-	cmd := exec.Command("ip", "netns", "exec", tp.ns(host), "arping", "-q", "-U", "-c", "1", "-I", ifName, VIP)
+	cmd := exec.Command("nsenter", "--net="+tp.nsPath(host), "--", "arping", "-q", "-U", "-c", "1", "-I", ifName, VIP)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("arping -U in %s: %w", tp.ns(host), err)
 	}
@@ -200,7 +200,7 @@ func (tp *topology) cut(ctx context.Context, a, b string) error {
 	chain out { type filter hook output priority 0; ip daddr %[2]s drop; }
 }
 `, nftTable, peer)
-		cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "nft", "-f", "-")
+		cmd := exec.CommandContext(ctx, "nsenter", "--net="+tp.nsPath(p[0]), "--", "nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(script)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("nft in %s (drop %s): %w: %s", ns, peer, err, out)
@@ -212,11 +212,11 @@ func (tp *topology) cut(ctx context.Context, a, b string) error {
 // heal removes the nftables cut table from every host that has one.
 func (tp *topology) heal(ctx context.Context) error {
 	for _, h := range hostOrder {
-		out, _ := run(ctx, "ip", "netns", "exec", tp.ns(h), "nft", "list", "tables")
+		out, _ := run(ctx, "nsenter", "--net="+tp.nsPath(h), "--", "nft", "list", "tables")
 		if !strings.Contains(out, nftTable) {
 			continue
 		}
-		if _, err := run(ctx, "ip", "netns", "exec", tp.ns(h), "nft", "delete", "table", "inet", nftTable); err != nil {
+		if _, err := run(ctx, "nsenter", "--net="+tp.nsPath(h), "--", "nft", "delete", "table", "inet", nftTable); err != nil {
 			return err
 		}
 	}

@@ -390,11 +390,15 @@ type Final struct {
 	BackingSize    int64 // bytes compared
 	E2fsckClean    bool  // e2fsck -fn found nothing
 	E2fsck         string
+	// KernelErrors are kernel log lines since the mount reporting I/O
+	// or ext4 errors on the client's loop device (writes the page cache
+	// lost without telling any process).
+	KernelErrors []string
 }
 
 // OK reports whether every end-of-run criterion holds.
 func (f Final) OK() bool {
-	return f.LedgerMissing == 0 && f.LedgerRecorded > 0 && f.BackingEqual && f.E2fsckClean
+	return f.LedgerMissing == 0 && f.LedgerRecorded > 0 && f.BackingEqual && f.E2fsckClean && len(f.KernelErrors) == 0
 }
 
 // Finish quiesces the cluster and checks it: every committed ledger id is
@@ -445,6 +449,7 @@ func (r *Rig) Finish(ctx context.Context) (Final, error) {
 	if err := r.qsd.stop(syscall.SIGTERM, 20*time.Second); err != nil {
 		return f, err
 	}
+	f.KernelErrors = r.kernelIOErrors(ctx)
 	if err := r.waitInSync(ctx, 2*time.Minute); err != nil {
 		return f, err
 	}
