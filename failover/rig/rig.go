@@ -126,7 +126,7 @@ func Requirements() []string {
 		miss = append(miss, "/dev/fuse (FUSE)")
 	}
 	tools := map[string]string{
-		"ip": "iproute2", "nsenter": "util-linux", "runuser": "util-linux", "mount": "mount",
+		"ip": "iproute2", "nsenter": "util-linux", "runuser": "util-linux", "findmnt": "util-linux", "mount": "mount", "umount": "mount",
 		"nft": "nftables", "arping": "iputils-arping", "qemu-storage-daemon": "qemu-system-common",
 		"mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs", "pgbench": "postgresql-contrib / postgresql",
 		"psql": "postgresql-client", "pg_isready": "postgresql-client", "go": "golang (to build hablock)",
