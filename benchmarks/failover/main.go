@@ -62,6 +62,22 @@ A switchover trial: pgbench runs 8 s; after 3 s the role moves to the other
 node (manual: 'hablock secondary' on the Primary, VIP moved, 'hablock
 primary' on the other; auto: 'hablock switchover --to'); stall as above.
 
+Partitions (--partitions, after the switchovers)
+  cut-n1-n2     nftables drop rules between n1 and n2 only
+  cut-primary   the Primary cut from n2, the witness and the client
+  cut-witness   the witness cut from both disk nodes
+  flap-primary  the Primary's eth0 down and up every second
+  Each holds for --partition-hold under the client load plus a side writer
+  on each disk node: qemu-io, one 4 KiB write + flush per login, to that
+  node's own target (127.0.0.1:3260 in its namespace), in the last 16 MiB of
+  the volume (mkfs leaves them out of ext4). Every acknowledged write's
+  period is recorded; a write acknowledged by n1 whose period overlaps one
+  acknowledged by n2 is an overlap (two nodes acknowledging at once). After
+  the heal the rig waits for one Primary and both disks UpToDate; at the
+  end the last acknowledged write of every block must be on the disks.
+  With --takeover manual nothing promotes during a cut (the Primary must
+  stay where it was); the scenarios mean most with --takeover auto.
+
 At the end: every recorded ledger id must be in the table; the client,
 PostgreSQL, the mount and the initiator stop; the kernel log must show no
 I/O error on the client's loop device; both agents stop once in sync; the
@@ -89,6 +105,8 @@ type options struct {
 	pingInterval        time.Duration
 	pingTimeout         time.Duration
 	size                int64
+	partitions          []string
+	hold                time.Duration
 }
 
 func main() {
@@ -120,6 +138,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.pingInterval, "ping-interval", 500*time.Millisecond, "replication link net.ping-interval")
 	fs.DurationVar(&o.pingTimeout, "ping-timeout", 250*time.Millisecond, "replication link net.ping-timeout")
 	fs.Int64Var(&o.size, "size", 512<<20, "volume size in `bytes`")
+	fs.StringSliceVar(&o.partitions, "partitions", nil, "partition scenarios to run after the switchovers, comma-separated: cut-n1-n2, cut-primary, cut-witness, flap-primary, or all")
+	fs.DurationVar(&o.hold, "partition-hold", 10*time.Second, "how long each cut lasts (flap-primary: how long the link flaps; the issue says 1m)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -130,8 +150,19 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.trials < 0 || o.switchovers < 0 || o.trials+o.switchovers == 0 {
-		return fmt.Errorf("--trials %d --switchovers %d: nothing to run", o.trials, o.switchovers)
+	var kinds []rig.PartitionKind
+	for _, p := range o.partitions {
+		if p == "all" {
+			kinds = append(kinds, rig.PartitionKinds...)
+			continue
+		}
+		if !slices.Contains(rig.PartitionKinds, rig.PartitionKind(p)) {
+			return fmt.Errorf("--partitions: unknown scenario %q; known: %v or all", p, rig.PartitionKinds)
+		}
+		kinds = append(kinds, rig.PartitionKind(p))
+	}
+	if o.trials < 0 || o.switchovers < 0 || o.trials+o.switchovers+len(kinds) == 0 {
+		return fmt.Errorf("--trials %d --switchovers %d and no --partitions: nothing to run", o.trials, o.switchovers)
 	}
 	if miss := rig.Requirements(); len(miss) > 0 {
 		return fmt.Errorf("the rig needs: %s (scripts/deps.sh installs the packages)", strings.Join(miss, "; "))
@@ -184,6 +215,18 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		so = append(so, t)
 	}
+	var parts []rig.PartitionResult
+	for _, k := range kinds {
+		if runErr != nil {
+			break
+		}
+		p, err := r.Partition(ctx, k, o.hold)
+		if err != nil {
+			runErr = fmt.Errorf("partition %s: %w", k, err)
+			break
+		}
+		parts = append(parts, p)
+	}
 	var fin *rig.Final
 	if runErr == nil {
 		f, err := r.Finish(ctx)
@@ -193,7 +236,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			fin = &f
 		}
 	}
-	rep := report(o, takeover, began, time.Now(), fo, so, fin, runErr)
+	rep := report(o, takeover, began, time.Now(), fo, so, parts, fin, runErr)
 	fmt.Fprint(stdout, rep)
 	if o.markdown != "" {
 		f, err := os.OpenFile(o.markdown, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -245,13 +288,17 @@ func distRow(name string, d dist) string {
 	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s |\n", name, ms(d.min), ms(d.median), ms(d.p90), ms(d.max), ms(d.mean))
 }
 
-func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Trial, fin *rig.Final, runErr error) string {
+func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Trial, parts []rig.PartitionResult, fin *rig.Final, runErr error) string {
 	var b strings.Builder
 	host, _ := os.Hostname()
 	fmt.Fprintf(&b, "## Failover rig, %s (takeover: %s)\n\n", began.UTC().Format("2006-01-02 15:04Z"), tk)
-	fmt.Fprintf(&b, "Command: `go run ./benchmarks/failover --trials %d --switchovers %d --takeover %s` (ping-interval %v, ping-timeout %v, volume %d MiB). "+
+	pflags := ""
+	if len(parts) > 0 || len(o.partitions) > 0 {
+		pflags = fmt.Sprintf(" --partitions %s --partition-hold %v", strings.Join(o.partitions, ","), o.hold)
+	}
+	fmt.Fprintf(&b, "Command: `go run ./benchmarks/failover --trials %d --switchovers %d --takeover %s%s` (ping-interval %v, ping-timeout %v, volume %d MiB). "+
 		"Run %s to %s on %s (%d CPUs, %s).\n\n",
-		o.trials, o.switchovers, tk, o.pingInterval, o.pingTimeout, o.size>>20,
+		o.trials, o.switchovers, tk, pflags, o.pingInterval, o.pingTimeout, o.size>>20,
 		began.UTC().Format("15:04:05Z"), ended.UTC().Format("15:04:05Z"), host, runtime.NumCPU(), runtime.Version())
 	if tk == rig.TakeoverManual {
 		b.WriteString("**Takeover path: manual.** The agents do not fail over by themselves yet; the rig promoted the survivor " +
@@ -283,6 +330,25 @@ func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Tri
 		b.WriteString("\n")
 		trialTable(&b, so, false)
 	}
+	if len(parts) > 0 {
+		b.WriteString("### Partitions\n\n")
+		b.WriteString("Each scenario runs under the client load plus a side writer on each disk node (qemu-io, one 4 KiB write + flush " +
+			"per login, to that node's own target, in the 16 MiB the file system leaves free). Overlaps: pairs of writes acknowledged " +
+			"by n1 and by n2 in overlapping periods (must be 0).\n\n")
+		b.WriteString("| scenario | Primary before→after | cut (ms) | heal to in sync (ms) | acks n1 / n2 | overlaps | client stall (ms) | HTTP fail | pgbench committed / failed / aborted |\n")
+		b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, p := range parts {
+			fmt.Fprintf(&b, "| %s | %s→%s | %s | %s | %d / %d | %d | %s | %d | %d / %d / %d |\n", p.Kind, p.From, p.PrimaryAfter,
+				ms(p.Cut), ms(p.Heal), p.Acks["n1"], p.Acks["n2"], len(p.Overlaps), ms(p.ClientStall), p.HTTPFailures,
+				p.PGCommitted, p.PGFailed, p.PGAborted)
+		}
+		for _, p := range parts {
+			for _, ov := range p.Overlaps[:min(3, len(p.Overlaps))] {
+				fmt.Fprintf(&b, "- %s: %s\n", p.Kind, ov)
+			}
+		}
+		b.WriteString("\n")
+	}
 	if fin != nil {
 		b.WriteString("### End of run\n\n")
 		fmt.Fprintf(&b, "- ledger: %d transaction ids recorded as committed, %d rows in the table, **%d missing**\n",
@@ -291,12 +357,18 @@ func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Tri
 		fmt.Fprintf(&b, "- backing files equal once quiesced: %v (%d MiB compared)\n", fin.BackingEqual, fin.BackingSize>>20)
 		fmt.Fprintf(&b, "- e2fsck -fn clean: %v\n", fin.E2fsckClean)
 		fmt.Fprintf(&b, "- kernel I/O or ext4 errors on the client's loop device: %d\n", len(fin.KernelErrors))
+		if len(parts) > 0 {
+			fmt.Fprintf(&b, "- acknowledged side writes missing from the disks: %d\n", len(fin.LostSideWrites))
+			for _, l := range fin.LostSideWrites[:min(5, len(fin.LostSideWrites))] {
+				fmt.Fprintf(&b, "  - %s\n", l)
+			}
+		}
 		for _, l := range fin.KernelErrors[:min(5, len(fin.KernelErrors))] {
 			fmt.Fprintf(&b, "  - `%s`\n", l)
 		}
 		b.WriteString("\n")
 	}
-	criteria(&b, fo, so, fin)
+	criteria(&b, fo, so, parts, fin)
 	return b.String()
 }
 
@@ -325,7 +397,7 @@ func trialTable(b *strings.Builder, ts []rig.Trial, failover bool) {
 	b.WriteString("\n")
 }
 
-func criteria(b *strings.Builder, fo, so []rig.Trial, fin *rig.Final) {
+func criteria(b *strings.Builder, fo, so []rig.Trial, parts []rig.PartitionResult, fin *rig.Final) {
 	b.WriteString("### Criteria of issue 4 on this run\n\n")
 	mark := func(ok bool) string {
 		if ok {
@@ -349,6 +421,15 @@ func criteria(b *strings.Builder, fo, so []rig.Trial, fin *rig.Final) {
 		d := distOf(so, func(t rig.Trial) time.Duration { return t.Stall })
 		fmt.Fprintf(b, "- %d switchovers with 0 errors: %d, %s; stall median < 100 ms: %s ms, %s\n",
 			len(so), errs(so), mark(errs(so) == 0), ms(d.median), mark(d.median < 100*time.Millisecond))
+	}
+	if len(parts) > 0 {
+		n := 0
+		for _, p := range parts {
+			n += len(p.Overlaps)
+		}
+		fmt.Fprintf(b, "- partitions: never two nodes acknowledging writes in the same period: %d overlaps, %s; "+
+			"%d scenarios healed to one Primary with both disks UpToDate (one that does not stops the run with an error, above)\n",
+			n, mark(n == 0), len(parts))
 	}
 	if fin != nil {
 		fmt.Fprintf(b, "- 0 lost committed transactions, ext4 clean, backing files equal, no kernel I/O errors: %s\n", mark(fin.OK()))

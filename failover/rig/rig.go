@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -128,7 +129,7 @@ func Requirements() []string {
 	tools := map[string]string{
 		"ip": "iproute2", "nsenter": "util-linux", "runuser": "util-linux", "findmnt": "util-linux", "mount": "mount", "umount": "mount",
 		"nft": "nftables", "arping": "iputils-arping", "qemu-storage-daemon": "qemu-system-common",
-		"mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs", "pgbench": "postgresql-contrib / postgresql",
+		"mkfs.ext4": "e2fsprogs", "qemu-io": "qemu-utils + qemu-block-extra", "e2fsck": "e2fsprogs", "pgbench": "postgresql-contrib / postgresql",
 		"psql": "postgresql-client", "pg_isready": "postgresql-client", "go": "golang (to build hablock)",
 	}
 	names := make([]string, 0, len(tools))
@@ -183,7 +184,10 @@ type Rig struct {
 	werrs  []event
 	polls  []event // failed or slow HTTP polls
 	rwErrs []event
-	ready  chan struct{}
+	// sideAcks are the partition scenarios' acknowledged side writes,
+	// checked on the disks at the end.
+	sideAcks []ack
+	ready    chan struct{}
 }
 
 // New builds the topology (after removing a crashed run's leftovers) and
@@ -486,7 +490,10 @@ func (r *Rig) StartClient(ctx context.Context) error {
 			return err
 		}
 	}
-	if _, err := run(ctx, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", r.lun); err != nil {
+	// The file system leaves the last sideRegion bytes to the partition
+	// scenarios' side writers.
+	fsBlocks := strconv.FormatInt((r.opts.VolumeSize-sideRegion)/4096, 10)
+	if _, err := run(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=0,lazy_journal_init=0", r.lun, fsBlocks); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(r.mnt, 0o755); err != nil {

@@ -2,6 +2,7 @@ package rig
 
 import (
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,6 +72,21 @@ func TestFailoverRig(t *testing.T) {
 		}
 		trials = append(trials, tr)
 	}
+	for _, kind := range partitionsFromEnv(t) {
+		pr, err := r.Partition(ctx, kind, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pr.Overlaps) > 0 {
+			t.Errorf("%s: n1 and n2 acknowledged writes in the same period: %s", kind, strings.Join(pr.Overlaps, "; "))
+		}
+		if pr.Acks[pr.PrimaryAfter] == 0 {
+			t.Errorf("%s: the side writer on the Primary %s had no write acknowledged", kind, pr.PrimaryAfter)
+		}
+		if kind != CutPrimary { // the client is cut off with the Primary
+			trials = append(trials, pr.Trial)
+		}
+	}
 	for _, tr := range trials {
 		if tr.Errors() != 0 {
 			t.Errorf("%s %s->%s: %d errors: HTTP %d, writer %d, pgbench failed %d aborted %d %s",
@@ -84,8 +100,8 @@ func TestFailoverRig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("final: %d committed ids recorded, %d ledger rows, %d missing; %d writes; backing files equal %v (%d MiB); e2fsck clean %v",
-		f.LedgerRecorded, f.LedgerRows, f.LedgerMissing, f.Writes, f.BackingEqual, f.BackingSize>>20, f.E2fsckClean)
+	t.Logf("final: %d committed ids recorded, %d ledger rows, %d missing; %d writes; backing files equal %v (%d MiB); e2fsck clean %v; kernel errors %d; lost side writes %d",
+		f.LedgerRecorded, f.LedgerRows, f.LedgerMissing, f.Writes, f.BackingEqual, f.BackingSize>>20, f.E2fsckClean, len(f.KernelErrors), len(f.LostSideWrites))
 	if !f.OK() {
 		t.Errorf("end-of-run checks failed: %+v", f)
 	}
@@ -102,4 +118,24 @@ func envInt(t *testing.T, name string, def int) int {
 		t.Fatalf("%s=%q: want a count", name, s)
 	}
 	return n
+}
+
+// partitionsFromEnv: HABLOCK_RIG_PARTITIONS is a comma-separated list of
+// PartitionKinds (default cut-n1-n2; "none" for none).
+func partitionsFromEnv(t *testing.T) []PartitionKind {
+	s := os.Getenv("HABLOCK_RIG_PARTITIONS")
+	switch s {
+	case "":
+		return []PartitionKind{CutDisks}
+	case "none":
+		return nil
+	}
+	var kinds []PartitionKind
+	for _, k := range strings.Split(s, ",") {
+		if !slices.Contains(PartitionKinds, PartitionKind(k)) {
+			t.Fatalf("HABLOCK_RIG_PARTITIONS: unknown %q; known: %v", k, PartitionKinds)
+		}
+		kinds = append(kinds, PartitionKind(k))
+	}
+	return kinds
 }

@@ -394,11 +394,14 @@ type Final struct {
 	// or ext4 errors on the client's loop device (writes the page cache
 	// lost without telling any process).
 	KernelErrors []string
+	// LostSideWrites are acknowledged writes of the partition scenarios'
+	// side writers missing from the disks.
+	LostSideWrites []string
 }
 
 // OK reports whether every end-of-run criterion holds.
 func (f Final) OK() bool {
-	return f.LedgerMissing == 0 && f.LedgerRecorded > 0 && f.BackingEqual && f.E2fsckClean && len(f.KernelErrors) == 0
+	return f.LedgerMissing == 0 && f.LedgerRecorded > 0 && f.BackingEqual && f.E2fsckClean && len(f.KernelErrors) == 0 && len(f.LostSideWrites) == 0
 }
 
 // Finish quiesces the cluster and checks it: every committed ledger id is
@@ -470,6 +473,9 @@ func (r *Rig) Finish(ctx context.Context) (Final, error) {
 		return f, err
 	}
 	f.BackingEqual, f.BackingSize = h1 == h2, n1
+	if f.LostSideWrites, err = r.lostSideWrites(filepath.Join(r.opts.Dir, r.primary+".img")); err != nil {
+		return f, err
+	}
 	out, err := run(ctx, "e2fsck", "-fn", filepath.Join(r.opts.Dir, r.primary+".img"))
 	f.E2fsck, f.E2fsckClean = strings.TrimSpace(out), err == nil
 	return f, nil
