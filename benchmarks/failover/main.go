@@ -87,7 +87,9 @@ backing files must be identical and e2fsck -fn clean.
   manual  the rig stands in for the failover manager: it promotes the
           survivor through its admin socket once its replication link has
           noticed the loss (net ping-interval + ping-timeout), adds the VIP
-          with 'ip addr' and announces it with 'arping -U'.
+          with 'ip addr' and announces it with 'arping -U'; with --tickle
+          it then sends tickle ACKs to the clients the dead Primary served
+          (read from it just before the kill).
   auto    the agents fail over by themselves (needs the failover manager);
           the rig only kills, observes and revives.
 
@@ -107,6 +109,7 @@ type options struct {
 	size                int64
 	partitions          []string
 	hold                time.Duration
+	tickle              bool
 }
 
 func main() {
@@ -138,6 +141,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.pingInterval, "ping-interval", 500*time.Millisecond, "replication link net.ping-interval")
 	fs.DurationVar(&o.pingTimeout, "ping-timeout", 250*time.Millisecond, "replication link net.ping-timeout")
 	fs.Int64Var(&o.size, "size", 512<<20, "volume size in `bytes`")
+	fs.BoolVar(&o.tickle, "tickle", false, "manual takeover: also send tickle ACKs to the clients the dead Primary served (read from it just before the kill), as the automatic takeover will")
 	fs.StringSliceVar(&o.partitions, "partitions", nil, "partition scenarios to run after the switchovers, comma-separated: cut-n1-n2, cut-primary, cut-witness, flap-primary, or all")
 	fs.DurationVar(&o.hold, "partition-hold", 10*time.Second, "how long each cut lasts (flap-primary: how long the link flaps; the issue says 1m)")
 	if err := fs.Parse(args); err != nil {
@@ -174,7 +178,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	began := time.Now()
 	r, err := rig.New(ctx, rig.Options{Takeover: takeover, Prefix: o.prefix, VolumeSize: o.size,
-		PingInterval: o.pingInterval, PingTimeout: o.pingTimeout, Logf: logf})
+		PingInterval: o.pingInterval, PingTimeout: o.pingTimeout, Tickle: o.tickle, Logf: logf})
 	if err != nil {
 		return err
 	}
@@ -296,6 +300,9 @@ func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Tri
 	if len(parts) > 0 || len(o.partitions) > 0 {
 		pflags = fmt.Sprintf(" --partitions %s --partition-hold %v", strings.Join(o.partitions, ","), o.hold)
 	}
+	if o.tickle {
+		pflags += " --tickle"
+	}
 	fmt.Fprintf(&b, "Command: `go run ./benchmarks/failover --trials %d --switchovers %d --takeover %s%s` (ping-interval %v, ping-timeout %v, volume %d MiB). "+
 		"Run %s to %s on %s (%d CPUs, %s).\n\n",
 		o.trials, o.switchovers, tk, pflags, o.pingInterval, o.pingTimeout, o.size>>20,
@@ -303,8 +310,14 @@ func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Tri
 	if tk == rig.TakeoverManual {
 		b.WriteString("**Takeover path: manual.** The agents do not fail over by themselves yet; the rig promoted the survivor " +
 			"through its admin socket as soon as its replication link reported the peer lost, moved the VIP with `ip addr` and " +
-			"announced it with `arping -U`. No tickle ACKs are sent on this path: the client's TCP connection to the dead node is " +
-			"reset only when its own retransmission reaches the new Primary.\n\n")
+			"announced it with `arping -U`. ")
+		if o.tickle {
+			b.WriteString("With --tickle: the rig read the Primary's established iSCSI connections just before the kill and, " +
+				"right after the VIP move, sent each client a tickle ACK from the survivor (failover.Tickler).\n\n")
+		} else {
+			b.WriteString("No tickle ACKs (no --tickle): the client's TCP connection to the dead node is reset only when its own " +
+				"retransmission reaches the new Primary.\n\n")
+		}
 	}
 	if runErr != nil {
 		fmt.Fprintf(&b, "**The run stopped with an error:** %s\n\n", strings.ReplaceAll(runErr.Error(), "\n", " "))

@@ -86,6 +86,14 @@ type Options struct {
 	// ExtraConfig is appended inside the resource section of the
 	// resource file (e.g. a failover { ... } section).
 	ExtraConfig string
+	// Tickle (TakeoverManual only): right before the kill the rig reads
+	// the Primary's established iSCSI connections (what the Primary
+	// shares with its peer), and after moving the VIP it sends each
+	// client a tickle ACK from the survivor (failover.Tickler), as the
+	// automatic takeover will. Default false: the manual path as an
+	// operator would run it, where the client notices the new Primary
+	// only when its own TCP retransmission reaches it.
+	Tickle bool
 	// PGClients is pgbench's -c. Default 4.
 	PGClients int
 	// Logf receives progress lines. Default: discarded.

@@ -3,11 +3,18 @@ package rig
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/hablock/hablock/failover"
 )
 
 // The network: a switch namespace holding the bridge, and one namespace
@@ -221,4 +228,59 @@ func (tp *topology) heal(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// iscsiClients lists the client ends of the iSCSI connections host serves
+// now (what a Primary shares with its peer for tickling).
+func (tp *topology) iscsiClients(ctx context.Context, host string) ([]netip.AddrPort, error) {
+	out, err := run(ctx, "nsenter", "--net="+tp.nsPath(host), "--", "ss", "-Htn", "state", "established", "sport", "=", ":3260")
+	if err != nil {
+		return nil, err
+	}
+	var conns []netip.AddrPort
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 {
+			continue
+		}
+		if ap, err := netip.ParseAddrPort(f[3]); err == nil {
+			conns = append(conns, ap)
+		}
+	}
+	return conns, nil
+}
+
+// tickle sends a tickle ACK from VIP:3260 to each client, from a raw
+// socket in host's network namespace (failover.Tickler), so that the
+// clients' stacks reset their connections to the old Primary at once.
+func (tp *topology) tickle(ctx context.Context, host string, clients []netip.AddrPort) error {
+	errc := make(chan error, 1)
+	go func() {
+		// The thread joins host's namespace and is never unlocked: the
+		// runtime discards it when this goroutine ends.
+		runtime.LockOSThread()
+		f, err := os.Open(tp.nsPath(host))
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", tp.ns(host), err)
+			return
+		}
+		tk, err := failover.NewTickler()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer tk.Close()
+		local := netip.AddrPortFrom(netip.MustParseAddr(VIP), 3260)
+		var errs []error
+		for _, c := range clients {
+			errs = append(errs, tk.Tickle(ctx, local, c))
+		}
+		errc <- errors.Join(errs...)
+	}()
+	return <-errc
 }

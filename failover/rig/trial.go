@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -256,6 +257,13 @@ func (r *Rig) Failover(ctx context.Context) (Trial, error) {
 	if err := sleep(ctx, pgWarmup); err != nil {
 		return t, err
 	}
+	var clients []netip.AddrPort
+	if r.opts.Takeover == TakeoverManual && r.opts.Tickle {
+		var err error
+		if clients, err = r.tp.iscsiClients(ctx, from); err != nil {
+			return t, err
+		}
+	}
 	kill := time.Now()
 	if err := r.Kill(ctx, from); err != nil {
 		return t, err
@@ -288,6 +296,11 @@ func (r *Rig) Failover(ctx context.Context) (Trial, error) {
 			promoted = time.Now()
 			if err := r.tp.addVIP(ctx, to); err != nil {
 				return t, err
+			}
+			if len(clients) > 0 {
+				if err := r.tp.tickle(ctx, to, clients); err != nil {
+					return t, fmt.Errorf("tickle from %s: %w", to, err)
+				}
 			}
 			vip = time.Now()
 		case r.opts.Takeover == TakeoverAuto && !promoted.IsZero():
