@@ -655,8 +655,7 @@ func (r *Rig) readEvents(rd io.Reader) {
 
 // Close stops everything the rig started, in order (client, PostgreSQL,
 // file systems, initiator, agents), and deletes the namespaces. The
-// working directory's images and metadata are removed; logs are kept
-// unless removeAll.
+// working directory stays (logs); RemoveDir deletes it.
 func (r *Rig) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -670,10 +669,15 @@ func (r *Rig) Close() error {
 		}
 	}
 	if r.mounted {
-		if _, err := run(ctx, "umount", r.mnt); err != nil {
+		// After a failed trial the LUN may be unreachable and umount
+		// block on writeback: give it 20 s, then detach it lazily; stopping
+		// qemu-storage-daemon below then fails the stuck I/O.
+		uctx, ucancel := context.WithTimeout(ctx, 20*time.Second)
+		if _, err := run(uctx, "umount", r.mnt); err != nil {
 			_, _ = run(ctx, "umount", "-l", r.mnt)
 			errs = append(errs, err)
 		}
+		ucancel()
 		r.mounted = false
 	}
 	if r.qsd != nil {
