@@ -121,7 +121,7 @@ func envInt(t *testing.T, name string, def int) int {
 }
 
 // partitionsFromEnv: HABLOCK_RIG_PARTITIONS is a comma-separated list of
-// PartitionKinds (default cut-n1-n2; "none" for none).
+// PartitionKinds (default cut-n1-n2; "all"; "none" for none).
 func partitionsFromEnv(t *testing.T) []PartitionKind {
 	s := os.Getenv("HABLOCK_RIG_PARTITIONS")
 	switch s {
@@ -129,6 +129,8 @@ func partitionsFromEnv(t *testing.T) []PartitionKind {
 		return []PartitionKind{CutDisks}
 	case "none":
 		return nil
+	case "all":
+		return PartitionKinds
 	}
 	var kinds []PartitionKind
 	for _, k := range strings.Split(s, ",") {
