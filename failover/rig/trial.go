@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,16 +94,22 @@ func (pr *pgRun) finish(t *Trial, logPath string) {
 		fmt.Fprintf(f, "---- %s trial from %s\n%s\n", t.Kind, t.Start.UTC().Format(time.RFC3339Nano), out)
 		f.Close()
 	}
-	if m := reProcessed.FindStringSubmatch(out); m != nil {
-		t.PGCommitted, _ = strconv.Atoi(m[1])
-	}
-	if m := reFailed.FindStringSubmatch(out); m != nil {
-		t.PGFailed, _ = strconv.Atoi(m[1])
-	}
-	t.PGAborted = len(reAborted.FindAllString(out, -1))
+	t.PGCommitted, t.PGFailed, t.PGAborted = pgbenchCounts(out)
 	if pr.err != nil {
 		t.PGErr = pr.err.Error()
 	}
+}
+
+// pgbenchCounts reads pgbench's summary: transactions processed, failed,
+// and clients aborted.
+func pgbenchCounts(out string) (processed, failed, aborted int) {
+	if m := reProcessed.FindStringSubmatch(out); m != nil {
+		processed, _ = strconv.Atoi(m[1])
+	}
+	if m := reFailed.FindStringSubmatch(out); m != nil {
+		failed, _ = strconv.Atoi(m[1])
+	}
+	return processed, failed, len(reAborted.FindAllString(out, -1))
 }
 
 // clientEvents counts HTTP failures, the slowest poll and writer errors
@@ -128,27 +135,12 @@ func (r *Rig) clientEvents(t *Trial, from, to time.Time) {
 }
 
 // writeAfter waits until the writer completes a write after at and
-// returns its time.
+// returns the time of the first such completion.
 func (r *Rig) writeAfter(ctx context.Context, at time.Time, timeout time.Duration) (time.Time, error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		r.mu.Lock()
-		n := len(r.writes)
-		var last int64
-		if n > 0 {
-			last = r.writes[n-1]
-		}
-		r.mu.Unlock()
-		if last > at.UnixNano() {
-			// The first one after at.
-			r.mu.Lock()
-			i := n - 1
-			for i > 0 && r.writes[i-1] > at.UnixNano() {
-				i--
-			}
-			t := r.writes[i]
-			r.mu.Unlock()
-			return time.Unix(0, t), nil
+		if t, ok := r.firstWriteAfter(at); ok {
+			return t, nil
 		}
 		if time.Now().After(deadline) {
 			return time.Time{}, fmt.Errorf("the writer completed no write in the %v after %s", timeout, at.Format("15:04:05.000"))
@@ -157,6 +149,18 @@ func (r *Rig) writeAfter(ctx context.Context, at time.Time, timeout time.Duratio
 			return time.Time{}, err
 		}
 	}
+}
+
+// firstWriteAfter returns the first write completion after at, if any
+// (completions are recorded in order).
+func (r *Rig) firstWriteAfter(at time.Time) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := sort.Search(len(r.writes), func(i int) bool { return r.writes[i] > at.UnixNano() })
+	if i == len(r.writes) {
+		return time.Time{}, false
+	}
+	return time.Unix(0, r.writes[i]), true
 }
 
 // maxGap is the longest gap between consecutive write completions in
