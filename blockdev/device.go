@@ -67,6 +67,12 @@ var (
 	ErrNoSpace = errors.New("blockdev: no space left on backing store")
 	// ErrIO: the backing store reported an I/O error (EIO and friends).
 	ErrIO = errors.New("blockdev: I/O error")
+	// ErrAbandoned: the device gave the request up without doing it or
+	// refusing it, because the node stopped serving (a failover demoted
+	// it while the request was held). Whoever asked must send no answer
+	// at all: the SCSI layer drops the command without a response, and
+	// the initiator retries it on the node that took over.
+	ErrAbandoned = errors.New("blockdev: request abandoned by a node that stopped serving")
 	// ErrClosed: the device was used after Close.
 	ErrClosed = errors.New("blockdev: device closed")
 	// ErrSizeMismatch: an existing backing store does not have the size asked for.

@@ -61,6 +61,16 @@ type Local interface {
 	SuspendIO(reason string)
 	ResumeIO()
 
+	// DropLink drops the replication link now; the engine reconnects by
+	// itself. The Manager calls it when the peer has been silent on the
+	// control channel for heartbeat-timeout while the link still looks
+	// up: the TCP connection to a host that died (or whose cable was
+	// pulled) lingers until the engine's own ping or request timeout,
+	// seconds later, and both the Primary's fencing and the Secondary's
+	// takeover wait for the link to be down. A Primary's engine then holds
+	// its writes (fencing) until PeerFenced or Demote.
+	DropLink(reason string)
+
 	// Clients lists the iSCSI connections this node serves now, to be
 	// shared with the peer so that it can tickle them after a takeover.
 	Clients() []Conn

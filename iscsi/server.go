@@ -261,6 +261,13 @@ func (s *Server) stopAccepting() []*conn {
 	return cs
 }
 
+// StopAccepting closes the listeners and refuses new connections but
+// leaves the live ones alone, until Close or Shutdown drops them. A node
+// demoted in a planned switchover uses it: its initiators must not
+// reconnect to it, and must not be told to reconnect before the new
+// Primary holds the address.
+func (s *Server) StopAccepting() { s.stopAccepting() }
+
 // Close stops accepting, drops every connection at once and waits for
 // their goroutines (and the Backend's NexusLost calls) to finish.
 func (s *Server) Close() error {

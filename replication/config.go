@@ -121,6 +121,20 @@ type Config struct {
 	// SplitBrain is the automatic split-brain recovery policy (default:
 	// always disconnect).
 	SplitBrain SplitBrainPolicy
+
+	// Fencing makes a Primary hold writes instead of going degraded while
+	// it has no link to its peer and the peer is not known to be fenced
+	// (DRBD's 'fencing resource-only' with suspended I/O). Default false:
+	// a Primary that loses its peer keeps acknowledging writes alone, so
+	// a peer promoted meanwhile (by an operator or a failover manager)
+	// may lack writes the initiator saw completed. With it, a write is
+	// acknowledged only once the peer has it or SetPeerFenced(true) says
+	// the peer can no longer be promoted (a failover manager records it
+	// outdated in a quorum first). See fence.go for the exact rules.
+	// Meaningful with protocol C (and B, short of both nodes failing at
+	// once): under protocol A a write completes once queued, before the
+	// peer has it, so there is nothing left to hold when the link drops.
+	Fencing bool
 }
 
 // DefaultConfig returns a Config with every field at its default.

@@ -26,6 +26,14 @@
 //   - resync.go: bitmap-driven resync from the sync source (optionally
 //     checksum-first, Config.ResyncChecksums) with a rate controller and
 //     pause, and online verify with optional repair.
+//   - fence.go: fencing (Config.Fencing: a Primary that lost its peer
+//     holds writes, neither completing nor failing them, until
+//     SetPeerFenced, a reconnect that resyncs them, or AbandonIO/Demote)
+//     and I/O suspension (SuspendIO, ResumeIO, AbandonIO), the engine
+//     side of automatic failover (failover.Local).
+//   - standalone.go: unresolved split brains (two Primaries meeting
+//     included) are logged loudly and refused; RefuseConn lets a
+//     StandAlone node turn its peer's dialing into ErrPeerStandAlone.
 //   - config.go: Config, every field with unit, default and reason.
 //
 // # Pieces of the core
@@ -100,6 +108,7 @@
 // the target of one that is not, and a chosen source must at least be
 // Outdated (else NoUpToDateSource). Not modelled here, for the caller:
 // DRBD's rr-conflict (refusing to make a Primary with good data a sync
-// target), after-sb-2pri (two Primaries always disconnect here), and
-// three or more nodes.
+// target), after-sb-2pri, and three or more nodes. The engine (link.go)
+// refuses the first, and treats two Primaries meeting as a split brain
+// that always disconnects (after-sb-2pri disconnect, standalone.go).
 package replication

@@ -414,7 +414,8 @@ func (l *link) handleStateChange(m *StateChange) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if m.Role == RolePrimary && v.role == RolePrimary {
-		return fmt.Errorf("%w: peer became primary while we are", ErrIncompatible)
+		l.log.Error("split brain detected: peer became primary while we are; disconnecting", "gen", v.gi.String(), "peer_gen", m.GI.String())
+		return fmt.Errorf("%w: peer became primary while we are", ErrSplitBrain)
 	}
 	v.peerRole = m.Role
 	v.peerGI = m.GI
@@ -679,8 +680,12 @@ func (l *link) teardown() {
 	v.peerRole = RoleUnknown
 	v.setConnLocked(Unconnected, "connection lost")
 	v.lastErr = l.err.Error()
+	peerLost := v.fenceLinkLostLocked()
 	v.mu.Unlock()
 	l.log.Warn("peer connection lost; volume degraded", "err", l.err, "unacked_bytes", dirty)
+	if peerLost != nil {
+		peerLost()
+	}
 
 	for _, pw := range writes {
 		pw.al.release() // marked out of sync above
@@ -709,7 +714,7 @@ var errRetryNow = errors.New("")
 // fatal reports whether err means reconnecting cannot help until an
 // operator acts.
 func fatal(err error) bool {
-	for _, e := range []error{ErrSplitBrain, ErrUnrelated, ErrVolumeMismatch, ErrIncompatible, ErrRRConflict, ErrClosed} {
+	for _, e := range []error{ErrSplitBrain, ErrUnrelated, ErrVolumeMismatch, ErrIncompatible, ErrRRConflict, ErrClosed, ErrPeerStandAlone} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -831,8 +836,6 @@ func (l *link) connect(ctx context.Context) error {
 			ErrIncompatible, hs.VolumeSize, hs.BlockSize, peer.VolumeSize, peer.BlockSize))
 	case peer.NodeName == hs.NodeName:
 		return l.refuse(DisconnectProtocol, fmt.Errorf("%w: both nodes are named %q", ErrIncompatible, peer.NodeName))
-	case peer.Role == RolePrimary && hs.Role == RolePrimary:
-		return l.refuse(DisconnectProtocol, fmt.Errorf("%w: both nodes are primary", ErrIncompatible))
 	}
 	l.log = l.log.With("peer_name", peer.NodeName)
 
@@ -840,6 +843,10 @@ func (l *link) connect(ctx context.Context) error {
 	pn := Node{Name: peer.NodeName, GI: peer.GI, Disk: peer.Disk, Role: peer.Role, CrashedPrimary: peer.Flags&FlagCrashedPrimary != 0}
 	res := Decide(local, pn)
 	d := res.Decision
+	if hs.Role == RolePrimary && peer.Role == RolePrimary && d != Unrelated {
+		// Both served I/O on their own: DRBD's after-sb-2pri disconnect.
+		return l.refuseSplitBrain(&hs, &peer, "both nodes are primary")
+	}
 	switch d {
 	case Unrelated:
 		return l.refuse(DisconnectUnrelated, fmt.Errorf("%w: local %v, peer %v (rule %d)", ErrUnrelated, hs.GI, peer.GI, res.Rule))
@@ -851,7 +858,7 @@ func (l *link) connect(ctx context.Context) error {
 			SBSide{Name: peer.NodeName, Role: peer.Role, PrimaryAtSplit: peer.GI.PrimaryAtSplit(), Changes: peer.DirtyBlocks, DiscardMyData: peer.Flags&FlagDiscardMyData != 0})
 		d = out.Decision(res.SplitBrainFull)
 		if d == SplitBrain {
-			return l.refuse(DisconnectSplitBrain, fmt.Errorf("%w: local %v, peer %v; resolve manually", ErrSplitBrain, hs.GI, peer.GI))
+			return l.refuseSplitBrain(&hs, &peer, "both nodes changed data since they last agreed; no policy resolves it")
 		}
 		l.log.Warn("split brain resolved by policy", "outcome", out.String())
 	}
@@ -940,6 +947,7 @@ func (l *link) connect(ctx context.Context) error {
 	v.peerName = peer.NodeName
 	v.peerRole = peer.Role
 	v.setConnLocked(Connected, d.String())
+	v.linkUpLocked()
 	source := v.repl == SyncSource
 	v.mu.Unlock()
 
@@ -983,6 +991,8 @@ func (l *link) expect(m Message) error {
 			base = ErrIncompatible
 		case DisconnectNoUpToDateDisk:
 			base = ErrNoUpToDateSource
+		case DisconnectStandAlone:
+			base = ErrPeerStandAlone
 		}
 		return fmt.Errorf("%w: peer refused: %s", base, d.Reason)
 	}
@@ -1082,6 +1092,20 @@ func PeerConnector(local, peer, peerAddr string, ln *net.TCPListener) func(conte
 // brain, unrelated data, wrong volume, incompatible configuration): the
 // volume is then StandAlone and keeps serving degraded.
 func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Conn, error)) error {
+	return v.run(ctx, connect, true)
+}
+
+// RunAccepting is Run on the accepting side: it takes the peer's
+// connections from ln and never waits between attempts. Accept itself
+// waits for the peer; a pause after a failed handshake would leave the
+// dialer's next connection unanswered in the listen backlog until its
+// handshake timed out, and the two sides' backoffs would then keep
+// missing each other.
+func (v *Volume) RunAccepting(ctx context.Context, ln *net.TCPListener) error {
+	return v.run(ctx, Acceptor(ln), false)
+}
+
+func (v *Volume) run(ctx context.Context, connect func(context.Context) (net.Conn, error), backOff bool) error {
 	backoff := v.cfg.ConnectRetryMin
 	retried := false
 	v.mu.Lock()
@@ -1115,7 +1139,7 @@ func (v *Volume) Run(ctx context.Context, connect func(context.Context) (net.Con
 		// a degraded write) is retried once without waiting; both
 		// sides know, so the acceptor is listening again.
 		retried = retryNow
-		if retryNow {
+		if retryNow || !backOff && ctx.Err() == nil && err != nil && !errors.Is(err, net.ErrClosed) {
 			v.log.Info("reconnecting at once", "err", err)
 			continue
 		}

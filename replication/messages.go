@@ -740,6 +740,7 @@ const (
 	DisconnectUnrelated                                // GIs share no history / wrong volume
 	DisconnectProtocol                                 // protocol violation or no common version
 	DisconnectNoUpToDateDisk                           // no node can be sync source
+	DisconnectStandAlone                               // standalone until an operator acts (RefuseConn)
 )
 
 // Disconnect is an orderly close with a reason for the peer's log.

@@ -22,8 +22,9 @@ var (
 	ErrUnrelated = errors.New("replication: unrelated data")
 	// ErrVolumeMismatch: the peer serves another volume (UUIDs differ).
 	ErrVolumeMismatch = errors.New("replication: volume UUID mismatch")
-	// ErrIncompatible: protocol versions, replication protocol, size or
-	// block size differ, or both nodes are Primary.
+	// ErrIncompatible: protocol versions, replication protocol, size,
+	// block size or node names do not fit. (Two Primaries are a split
+	// brain: ErrSplitBrain.)
 	ErrIncompatible = errors.New("replication: incompatible peer")
 	// ErrNoUpToDateSource: a resync is needed but its source has no
 	// consistent data.
@@ -95,7 +96,8 @@ type State struct {
 	// survive another crash before then persists them in its bitmap
 	// first (as the agent does), or keeps the CrashedPrimary flag and the
 	// activity log until the resync ends.
-	ActivityLog   []Extent
+	ActivityLog []Extent
+	// DiscardMyData: see SetDiscardMyData.
 	DiscardMyData bool
 }
 
@@ -138,6 +140,15 @@ type Hooks struct {
 	// link goroutine; it must not block for long nor call the Volume.
 	BeforeWrite func(off, n uint64) error
 	AfterWrite  func(off, n uint64)
+
+	// OnPeerLost is called when, with Config.Fencing on, a Primary
+	// starts holding writes because its link to the peer dropped and the
+	// peer is not fenced: the caller should get the peer fenced (then
+	// SetPeerFenced(true)) or give up the Primary role (Demote). It is
+	// called once per lost link, not under the volume's lock, possibly
+	// from a link goroutine; it must not block (hand off to another
+	// goroutine). Nil: none.
+	OnPeerLost func()
 }
 
 // alRef calls AfterWrite once both the local write and the peer's side
@@ -187,7 +198,7 @@ type Volume struct {
 	uuid  blockdev.UUID
 	name  string
 	hooks Hooks
-	flags HandshakeFlags
+	flags HandshakeFlags // under mu once Run starts (SetDiscardMyData)
 
 	// gate orders the connect-time exchange against the write path:
 	// writes hold it shared from choosing the link to the end of the
@@ -216,6 +227,8 @@ type Volume struct {
 	pauseCh  chan struct{} // closed and replaced on resume
 	closed   bool
 	lastErr  string
+
+	hold ioHold // fencing and I/O suspension (fence.go)
 
 	resyncTotal, resyncDone uint64
 	resyncStart, resyncEnd  time.Time
@@ -404,12 +417,14 @@ func (v *Volume) isPrimary() bool {
 // Promote makes this node Primary. The local disk must be UpToDate, the
 // peer must not be Primary, and no resync may target this node. A node
 // promoted without its peer starts a new generation (GenIDs.Promote).
+// Success ends an AbandonIO (fence.go).
 func (v *Volume) Promote() error {
 	v.gate.Lock()
 	defer v.gate.Unlock()
 	v.mu.Lock()
 	switch {
 	case v.role == RolePrimary:
+		v.fencePromotedLocked()
 		v.mu.Unlock()
 		return nil
 	case v.disk != UpToDate:
@@ -424,6 +439,7 @@ func (v *Volume) Promote() error {
 	v.setGILocked(g, "promote")
 	v.role = RolePrimary
 	v.log.Info("role", "role", RolePrimary.String())
+	v.fencePromotedLocked()
 	l := v.link
 	sc := &StateChange{Role: v.role, Disk: v.disk, Repl: v.repl, GI: v.gi}
 	v.mu.Unlock()
@@ -435,7 +451,10 @@ func (v *Volume) Promote() error {
 
 // Demote makes this node Secondary. New I/O fails with ErrNotPrimary;
 // writes already started complete. Flush first to make them durable.
+// Held I/O (SuspendIO, fencing) is abandoned first, as by AbandonIO, so
+// Demote never waits for it.
 func (v *Volume) Demote() error {
+	v.abandonForDemote() // never wait for held I/O (fence.go)
 	v.gate.Lock()
 	defer v.gate.Unlock()
 	v.mu.Lock()
@@ -448,6 +467,7 @@ func (v *Volume) Demote() error {
 	v.setGILocked(g, "demote")
 	v.role = RoleSecondary
 	v.log.Info("role", "role", RoleSecondary.String())
+	v.fenceDemotedLocked()
 	l := v.link
 	sc := &StateChange{Role: v.role, Disk: v.disk, Repl: v.repl, GI: v.gi}
 	v.mu.Unlock()
@@ -461,6 +481,9 @@ func (v *Volume) Demote() error {
 func (v *Volume) clearLocked(off, n uint64) {
 	if cleared, _ := v.bm.Clear(off, n); cleared > 0 && v.hooks.OnBitmapClean != nil {
 		v.hooks.OnBitmapClean(off, n)
+	}
+	if v.hold.fenceWaiters > 0 {
+		v.wakeHoldLocked() // a held write may now be on the peer (fence.go)
 	}
 }
 
@@ -551,6 +574,10 @@ func (v *Volume) blockRange(off, n uint64) (uint64, uint64) {
 
 func (v *Volume) checkIO(off int64, n int) error {
 	v.mu.Lock()
+	if err := v.admitLocked(); err != nil {
+		v.mu.Unlock()
+		return err
+	}
 	role, closed := v.role, v.closed
 	v.mu.Unlock()
 	switch {
@@ -653,13 +680,31 @@ func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
 		ar = newALRef(after, off, n)
 	}
 
+issue:
 	v.gate.RLock()
-	l := v.curLink()
+	l, primary := v.primaryLink()
+	if !primary {
+		v.gate.RUnlock()
+		ar.release()
+		ar.release()
+		return fmt.Errorf("replication: write offset %d length %d: demoted before it was issued: %w: %w", off, n, ErrAbandoned, ErrNotPrimary)
+	}
 	lo, hi := v.blockRange(off, n)
 	h := v.locks.lock(lo, hi)
 	var pw *pendingWrite
 	if l != nil {
 		pw = l.startWrite(off, n, p, discard, ar)
+	}
+	if pw == nil && v.fenceHolds() {
+		// Fencing: no peer and not fenced; nothing issued yet (fence.go).
+		v.locks.unlock(h)
+		v.gate.RUnlock()
+		if err := v.waitPeerOrFence(); err != nil {
+			ar.release()
+			ar.release()
+			return fmt.Errorf("replication: write offset %d length %d: %w", off, n, err)
+		}
+		goto issue
 	}
 	if pw == nil {
 		v.markDirty(off, n)
@@ -690,6 +735,9 @@ func (v *Volume) replicate(p []byte, off, n uint64, discard bool) error {
 			return fmt.Errorf("replication: write offset %d length %d: %w: %w", off, n, ErrNoGoodDisk, localErr)
 		}
 	}
+	if pw != nil && !peerOK && l.isDead() {
+		return v.waitUnreplicated(off, n) // fencing (fence.go)
+	}
 	return nil
 }
 
@@ -700,9 +748,18 @@ func (v *Volume) Flush() error {
 	if err := v.checkIO(0, 0); err != nil {
 		return err
 	}
+flush:
 	var ch chan error
-	if l := v.curLink(); l != nil {
+	l := v.curLink()
+	if l != nil {
 		ch = l.startFlush()
+	}
+	if ch == nil && v.fenceHolds() {
+		// Fencing: no peer and not fenced; nothing issued yet (fence.go).
+		if err := v.waitPeerOrFence(); err != nil {
+			return fmt.Errorf("replication: flush: %w", err)
+		}
+		goto flush
 	}
 	var err error
 	if v.localOK() {
@@ -718,6 +775,13 @@ func (v *Volume) Flush() error {
 	}
 	if err != nil && !peerOK {
 		return fmt.Errorf("replication: flush: %w: %w", ErrNoGoodDisk, err)
+	}
+	if ch != nil && !peerOK && l.isDead() {
+		// Fencing (fence.go): held until fenced, or redone on a new link.
+		if retry, err := v.waitUnreplicatedFlush(); err != nil || !retry {
+			return err
+		}
+		goto flush
 	}
 	return nil
 }
@@ -735,6 +799,7 @@ func (v *Volume) Stop() {
 	v.stopOnce.Do(func() { close(v.stop) })
 	v.mu.Lock()
 	v.closed = true
+	v.wakeHoldLocked()
 	l := v.link
 	v.mu.Unlock()
 	if l != nil {
@@ -782,6 +847,21 @@ type VolumeStatus struct {
 	// (source) or applied (target); LocalErrors local I/O errors.
 	Writes, BytesWritten, BytesSent, ResyncBytes, LocalErrors uint64
 	LastError                                                 string
+
+	// Held: with Config.Fencing, this Primary holds writes because the
+	// peer may lack them and is not fenced: writes are waiting for it,
+	// or it has no live link and SetPeerFenced(true) was not called.
+	Held bool
+	// Fenced: SetPeerFenced(true) is in effect.
+	Fenced bool
+	// Suspended and SuspendReason: SuspendIO is in effect, and why.
+	Suspended     bool
+	SuspendReason string
+	// Abandoned: AbandonIO (or Demote with held I/O) is in effect: new
+	// I/O fails with ErrAbandoned until ResumeIO or Promote.
+	Abandoned bool
+	// HeldOps counts the operations held now (suspended or fenced).
+	HeldOps int
 }
 
 // Status returns a snapshot; safe for concurrent use.
@@ -797,6 +877,7 @@ func (v *Volume) Status() VolumeStatus {
 		Writes: v.writes.Load(), BytesWritten: v.bytesWritten.Load(), BytesSent: v.bytesSent.Load(),
 		ResyncBytes: v.resyncBytes.Load(), LocalErrors: v.localErrors.Load(), LastError: v.lastErr,
 	}
+	v.holdStatusLocked(&s)
 	end := time.Now()
 	if !v.resyncEnd.IsZero() {
 		end = v.resyncEnd

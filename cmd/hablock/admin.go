@@ -37,7 +37,7 @@ type adminSpec struct {
 	// op performs the request; nil for status.
 	op func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error)
 	// which optional flags the command takes
-	force, repair, wait, json bool
+	force, repair, wait, json, discard, to bool
 	// waitKind is what --wait follows after op: "sync" (the
 	// connection and its resync) or "verify".
 	waitKind string
@@ -46,7 +46,8 @@ type adminSpec struct {
 type adminOpts struct {
 	config, node, socket string
 	force, repair, wait  bool
-	json                 bool
+	json, discard        bool
+	to                   string
 	timeout              time.Duration
 }
 
@@ -66,15 +67,31 @@ Examples:
   hablock status --config /etc/hablock/r0.conf --node n1
   hablock status --socket /run/hablock/r0-n1.sock --json | jq .replication
 `},
-	{name: "connect", summary: "connect to the peer (and resync); --wait follows the resync", wait: true, waitKind: "sync",
-		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) { return c.Connect(ctx) },
+	{name: "connect", summary: "connect to the peer (and resync); --discard-my-data resolves a split brain", wait: true, waitKind: "sync", discard: true,
+		op: func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error) {
+			return c.Connect(ctx, o.discard)
+		},
 		help: `Connect to the peer: the agent dials/accepts the peer link, runs the handshake
 and the resync the generation identifiers call for. Returns at once; with
 --wait it follows the connection and any resync until it is Established,
 with a progress bar when stdout is a terminal.
 
+Split brain (both nodes wrote while apart; status shows connection
+StandAlone and last-error "split brain"): unless an after-sb policy of
+the resource file settles it, recover by hand as with DRBD. On the node
+whose changes are to be thrown away (the victim):
+  hablock secondary --config FILE --node VICTIM
+  hablock connect   --config FILE --node VICTIM --discard-my-data
+and on the node whose data survives:
+  hablock connect   --config FILE --node SURVIVOR
+The victim becomes sync target and receives what differs (only the blocks
+either side changed since the split, when the generation identifiers
+allow; else everything). --discard-my-data applies until a connection is
+established; it is refused on a Primary and while connected.
+
 Examples:
   hablock connect --config /etc/hablock/r0.conf --node n1 --wait
+  hablock connect --config /etc/hablock/r0.conf --node n2 --discard-my-data
 `},
 	{name: "disconnect", summary: "drop the peer link and stay StandAlone until connect",
 		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
@@ -111,20 +128,44 @@ flushed, and the node only applies the peer's writes.
 Examples:
   hablock secondary --config /etc/hablock/r0.conf --node n1
 `},
-	{name: "invalidate", summary: "discard this node's data: full resync from the peer (not supported by the engine yet)",
+	{name: "switchover", summary: "hand the Primary role to the peer, planned, with no I/O error (automatic failover)", to: true,
+		op: func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error) {
+			return c.Switchover(ctx, o.to)
+		},
+		help: `Move the Primary role to the other disk node in a planned way (maintenance,
+failback), on a resource with a witness. Run it on the current Primary.
+It is refused unless the peer is connected and UpToDate. The steps:
+  1. this node holds new I/O (held commands are neither answered nor
+     failed) and flushes both disks;
+  2. a quorum vote records the peer as Primary of the next epoch;
+  3. this node gives up the VIP and demotes, keeping its iSCSI
+     connections open but silent;
+  4. the peer promotes, starts its target, takes the VIP (gratuitous
+     ARP) and resets the initiators' old connections (tickle ACK);
+  5. this node closes its connections: initiators reconnect to the new
+     Primary on their first try and retry the held commands.
+Initiators see a short stall and no error. "hablock status" on either
+node shows the new epoch.
+
+Examples:
+  hablock switchover --config /etc/hablock/r0.conf --node n1
+  hablock switchover --config /etc/hablock/r0.conf --node n1 --to n2
+`},
+	{name: "invalidate", summary: "discard this node's data: full resync from the peer on the next connect",
 		op: func(ctx context.Context, c *admin.Client, _ *adminOpts) (admin.Status, error) {
 			return c.Invalidate(ctx)
 		},
-		help: `Mark this node's data Inconsistent so that all of it is resynced from the
-peer. Run it on the node whose data is bad.
-
-Not available yet: the replication engine has no full-sync request, so the
-agent answers 501 (not implemented). Until then: stop the agent, run
-"hablock create-md --force" with the same --uuid on this node, and start it
-again; it connects Inconsistent and receives a full sync.
+		help: `Mark this node's data Inconsistent, with every block out of sync, so that the
+next connect resyncs all of it from the peer (DRBD's invalidate). Run it on
+the node whose data is bad. It is refused while connected (disconnect
+first) and on the Primary (demote it first: its data is what the
+initiators see). Until the resync has finished the node cannot be
+promoted.
 
 Examples:
+  hablock disconnect --config /etc/hablock/r0.conf --node n2
   hablock invalidate --config /etc/hablock/r0.conf --node n2
+  hablock connect    --config /etc/hablock/r0.conf --node n2 --wait
 `},
 	{name: "verify", summary: "compare both disks online; --repair resyncs differences", repair: true, wait: true, waitKind: "verify",
 		op: func(ctx context.Context, c *admin.Client, o *adminOpts) (admin.Status, error) {
@@ -190,6 +231,12 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	}
 	if spec.wait {
 		fs.BoolVar(&o.wait, "wait", false, "follow the progress until it finishes")
+	}
+	if spec.to {
+		fs.StringVar(&o.to, "to", "", "the `node` to hand the role to (default: the peer, the only choice)")
+	}
+	if spec.discard {
+		fs.BoolVar(&o.discard, "discard-my-data", false, "if a split brain is found, give up this node's changes and resync from the peer (see above)")
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -294,7 +341,46 @@ func formatStatus(st admin.Status) string {
 	if st.LastError != "" && st.Connection != "Connected" {
 		fmt.Fprintf(&b, "  last-error: %s\n", st.LastError)
 	}
+	if st.SplitBrain || st.IsSplitBrain() {
+		node := st.Node
+		if node == "" {
+			node = "this node"
+		}
+		fmt.Fprintf(&b, "  split-brain: both nodes wrote while apart; nothing is synced until you choose whose changes to discard (hablock connect --help):\n")
+		fmt.Fprintf(&b, "    keep %s's data: on %s: hablock secondary, then hablock connect --discard-my-data; here: hablock connect\n", node, peer)
+		fmt.Fprintf(&b, "    keep %s's data: here: hablock secondary, then hablock connect --discard-my-data; on %s: hablock connect\n", peer, peer)
+	}
+	if f := st.Failover; f != nil {
+		q := "no"
+		if f.Quorum {
+			q = "yes"
+		}
+		fmt.Fprintf(&b, "  failover: epoch:%d primary:%s up-to-date:%s quorum:%s", f.Record.Epoch, orNone(f.Record.Primary), orNone(strings.Join(f.Record.UpToDate, ",")), q)
+		if f.Suspended {
+			b.WriteString(" io:suspended")
+		}
+		b.WriteString("\n")
+		for _, m := range f.Members {
+			fmt.Fprintf(&b, "    %s serf:%s heartbeat:", m.Name, m.Serf)
+			if m.HeartbeatAgeMS < 0 {
+				b.WriteString("never")
+			} else {
+				fmt.Fprintf(&b, "%dms-ago", m.HeartbeatAgeMS)
+			}
+			b.WriteString("\n")
+		}
+		if f.Last.Reason != "" {
+			fmt.Fprintf(&b, "    last-decision: %s: %s\n", f.Last.Action, f.Last.Reason)
+		}
+	}
 	return b.String()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }
 
 func isResync(repl string) bool {

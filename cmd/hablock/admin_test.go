@@ -32,6 +32,26 @@ func TestFormatStatus(t *testing.T) {
 			t.Errorf("missing %q in:\n%s", s, got)
 		}
 	}
+	if strings.Contains(got, "split-brain") {
+		t.Errorf("a plain disconnect reported as split brain:\n%s", got)
+	}
+
+	// After a split brain: said plainly, with what to run on which node.
+	st = admin.Status{Resource: "r0", Node: "n1", Peer: "n2", Role: "Secondary", Disk: "UpToDate", PeerRole: "Unknown",
+		PeerDisk: "DUnknown", Connection: "StandAlone", Replication: "Off", Engine: true, OutOfSyncBytes: 1 << 20,
+		LastError: "replication: split brain: local A:B:C:D, peer E:B:C:D; resolve manually"}
+	got = formatStatus(st)
+	for _, s := range []string{
+		"n2 connection:StandAlone",
+		"last-error: replication: split brain",
+		"split-brain: both nodes wrote while apart",
+		"keep n1's data: on n2: hablock secondary, then hablock connect --discard-my-data; here: hablock connect",
+		"keep n2's data: here: hablock secondary, then hablock connect --discard-my-data; on n2: hablock connect",
+	} {
+		if !strings.Contains(got, s) {
+			t.Errorf("missing %q in:\n%s", s, got)
+		}
+	}
 }
 
 func TestAdminUsageErrors(t *testing.T) {
@@ -49,7 +69,11 @@ func TestAdminUsageErrors(t *testing.T) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut, tc.want)
 		}
 	}
-	code, out, _ := hablock("verify", "--help")
+	code, out, _ := hablock("connect", "--help")
+	if code != 0 || !strings.Contains(out, "--discard-my-data") || !strings.Contains(out, "Split brain") {
+		t.Errorf("connect --help: exit %d\n%s", code, out)
+	}
+	code, out, _ = hablock("verify", "--help")
 	if code != 0 || !strings.Contains(out, "--repair") || !strings.Contains(out, "--wait") || !strings.Contains(out, "Examples:") {
 		t.Errorf("verify --help: exit %d\n%s", code, out)
 	}

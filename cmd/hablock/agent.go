@@ -13,11 +13,13 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/hablock/hablock/blockdev"
 	"github.com/hablock/hablock/blockdev/meta"
+	"github.com/hablock/hablock/failover"
 	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/internal/config"
 	"github.com/hablock/hablock/internal/units"
@@ -42,16 +44,26 @@ create-md") and backing store, and then:
     iscsi.listen as iscsi.iqn, LUN 0, with the volume UUID as SCSI
     identity (the same disk on both nodes).
 
-It starts Secondary unless it was Primary when it stopped, and connects to
-the peer at once. An invalid or inconsistent resource file is refused
-before anything is opened, with the file, line and field in the message.
+It always starts Secondary, as DRBD does, and connects to the peer at once
+(unless --no-connect). Whether it was Primary before a crash or a clean
+stop does not matter: which node is Primary is decided by the operator
+("hablock primary") or the failover manager, never by a restart, so a
+restarted node cannot steal the role from a peer promoted meanwhile. An
+invalid or inconsistent resource file is refused before anything is
+opened, with the file, line and field in the message.
 
 The activity log (DRBD's AL) bounds the resync after a Primary crash:
 before a write to a cold 4 MiB extent is issued, the set of hot extents
 (at most 1024) is synced to the metadata. A node restarting with the
-crashed-primary flag marks its persisted hot extents out of sync, so the
-next connect resyncs only them plus the bitmap (from the peer if it was
-promoted meanwhile).
+crashed-primary flag (it was Primary and did not stop cleanly) marks its
+persisted hot extents out of sync and keeps the flag until it has
+connected, so the next connect resyncs only them plus the bitmap: from
+the peer if it was promoted meanwhile, else from this node.
+
+Recovery commands: "hablock invalidate" (disconnected, Secondary) makes
+the next connect resync everything from the peer; after a split brain,
+"hablock connect --discard-my-data" on the node whose changes are to be
+thrown away (see "hablock connect --help").
 
 Not here yet: automatic failover (issue 4) — promotion is manual
 ("hablock primary").
@@ -88,6 +100,9 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
+	if res, err := config.Load(cfgPath); err == nil && res.IsWitness(nodeName) {
+		return runWitness(res, nodeName, cfgPath, log) // the diskless quorum member: cmd/hablock/witness.go
+	}
 	res, node, err := loadNode(cfgPath, nodeName)
 	if err != nil {
 		return err
@@ -101,6 +116,13 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer a.close(grace)
+	if err := a.openVIP(); err != nil {
+		return err
+	}
+	if err := a.startFailover(); err != nil {
+		return err
+	}
+	defer a.stopFailover() // before close: no decision while shutting down
 
 	adminLn, err := admin.Listen(node.Admin)
 	if err != nil {
@@ -123,7 +145,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if !noConnect {
-		a.Connect(context.Background())
+		a.Connect(context.Background(), false)
 	}
 	st := a.Status(context.Background())
 	log.Info("agent running", "resource", res.Name, "node", node.Name, "admin", node.Admin, "peer_address", a.peerAddrLog(),
@@ -157,10 +179,15 @@ type agent struct {
 	dev        *blockdev.File
 	rcfg       replication.Config
 	epoch      uint64
-	startRole  replication.Role
-	peerLn     *net.TCPListener // nil on the dialing side
-	persist    *persister
-	al         *activityLog
+	startRole  replication.Role // always RoleSecondary (see openAgent)
+	// crashPending: this node crashed as Primary and has not connected
+	// since; the crashed-primary flag stays persisted until it has (the
+	// handshake's decision needs it, DRBD rule 40), even across a clean
+	// stop before then.
+	crashPending atomic.Bool
+	peerLn       *net.TCPListener // nil on the dialing side
+	persist      *persister
+	al           *activityLog
 
 	// ctx ends when the agent closes; background work (Run, Verify)
 	// derives from it.
@@ -179,7 +206,17 @@ type agent struct {
 	vol       *replication.Volume
 	runCancel context.CancelFunc // nil when not connecting
 	runDone   chan struct{}
-	exp       *exporter
+	// refuseCancel stops the loop that refuses the peer's connections
+	// while StandAlone (accepting side only); nil when not running.
+	refuseCancel context.CancelFunc
+	refuseDone   chan struct{}
+	exp          *exporter
+	vip          *failover.VIP     // nil without iscsi.vip
+	tickler      *failover.Tickler // nil without iscsi.vip
+	// mgr is the failover manager: nil without a witness (manual
+	// failover). Set once before the peer link starts; read by engine
+	// hooks on their own goroutines.
+	mgr       atomic.Pointer[failover.Manager]
 	verifying bool
 	verifyAt  time.Time
 	verifyRes *admin.VerifyResult
@@ -254,15 +291,24 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	if st.GI.Current == 0 {
 		st.GI = replication.NewGenIDs()
 	}
-	if mst.Role == meta.Primary {
-		st.Role = replication.RolePrimary
-	}
-	a.startRole = st.Role
+	// Always start Secondary, as DRBD does: which node is Primary is the
+	// operator's or the failover manager's decision, never a leftover of
+	// how this process last stopped. A crashed Primary keeps the
+	// crashed-primary flag (persisted until a connection is established,
+	// see crashPending) and its activity log, applied above.
+	a.startRole = replication.RoleSecondary
 	a.persist.flags = mst.Gen.Flags
-	if st.Role == replication.RolePrimary && !crashed {
-		// Starting Primary: a crash from the first write on is a crashed
-		// Primary (sync would record it only up to watchInterval late).
-		a.persist.setFlags(mst.Gen.Flags|meta.FlagCrashedPrimary, mst.Gen)
+	a.crashPending.Store(crashed)
+	if mst.Role == meta.Primary {
+		how := "a clean stop"
+		if crashed {
+			how = "a crash"
+		}
+		a.log.Warn("was Primary before "+how+"; starting Secondary: promote with `hablock primary` if this node should serve",
+			"crashed_primary", crashed)
+		if err := a.persist.setRole(meta.Secondary); err != nil {
+			return nil, err
+		}
 	}
 	a.vol, err = a.newVolume(st)
 	if err != nil {
@@ -305,6 +351,7 @@ func (a *agent) newVolume(st replication.State) (*replication.Volume, error) {
 		OnGenIDs:      a.persist.genIDs,
 		OnBitmapDirty: a.persist.dirty,
 		OnBitmapClean: a.persist.clean,
+		OnPeerLost:    a.notifyFailover,
 		BeforeWrite:   a.al.before,
 		AfterWrite:    a.al.after,
 	})
@@ -389,6 +436,10 @@ func replicationConfig(res *config.Resource, size int64) (replication.Config, er
 		return c, err
 	}
 	c.SplitBrain = sb
+	// With a witness, failover is automatic: a Primary that loses its
+	// peer holds writes until a majority has recorded the peer outdated
+	// (DRBD's fencing resource-only, with the quorum as fence-peer).
+	c.Fencing = res.Witness != nil
 	// TODO(issue 3): net.ko-count and net.verify-alg have no engine
 	// counterpart yet (verify always uses sha256; no ko-count expulsion).
 	return c, c.Validate()
@@ -484,7 +535,10 @@ func (a *agent) sync() {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	s := a.volume().Status()
-	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary), replicationGen(s.GI))
+	if s.Conn == replication.Connected {
+		a.crashPending.Store(false) // the handshake has used it
+	}
+	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary || a.crashPending.Load()), replicationGen(s.GI))
 	if s.PeerDisk != replication.DUnknown {
 		a.persist.setPeerDisk(s.PeerDisk.String())
 	}
@@ -516,6 +570,11 @@ func (a *agent) Status(context.Context) admin.Status {
 		LastError:    s.LastError,
 		VerifyResult: vres,
 	}
+	if m := a.mgr.Load(); m != nil {
+		fs := m.Status()
+		out.Failover = &fs
+		out.Epoch = fs.Record.Epoch
+	}
 	if s.ResyncTotal > 0 {
 		out.Sync = admin.NewProgress(s.ResyncDone, s.ResyncTotal, s.ResyncRate, s.Repl.IsResync(), s.ResyncPaused)
 	}
@@ -529,11 +588,73 @@ func (a *agent) Status(context.Context) admin.Status {
 	return out
 }
 
-func (a *agent) Connect(context.Context) error {
+// Connect starts the connection loop. With discardMyData (DRBD's connect
+// --discard-my-data) this node gives up its changes if the handshake
+// finds a split brain the after-sb policies leave unresolved: it becomes
+// the sync target of the peer. The flag applies to the handshakes of this
+// connect until one establishes a connection; a later connect without it
+// clears it.
+func (a *agent) Connect(_ context.Context, discardMyData bool) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
-	a.startRunLocked()
+	v := a.volume()
+	if discardMyData {
+		s := v.Status()
+		switch {
+		case s.Role == replication.RolePrimary:
+			return fmt.Errorf("%w: this node is Primary; a node that discards its data becomes sync target, which a Primary cannot be: run `hablock secondary` on it first, then `hablock connect --discard-my-data`",
+				admin.ErrConflict)
+		case s.Conn == replication.Connected:
+			return fmt.Errorf("%w: already connected to %s (replication %v): --discard-my-data applies only to a new connection's split-brain decision; run `hablock disconnect` first if you mean it",
+				admin.ErrConflict, a.peer.Name, s.Repl)
+		}
+		a.log.Warn("connect with discard-my-data: if a split brain is found, this node's changes are discarded and it resyncs from the peer",
+			"peer", a.peer.Name)
+	}
+	a.connectLocked(v, discardMyData)
 	return nil
+}
+
+// connectLocked starts the connection loop of v with the discard-my-data
+// flag set as asked (cleared again once connected); a.opMu held.
+func (a *agent) connectLocked(v *replication.Volume, discardMyData bool) {
+	v.SetDiscardMyData(discardMyData)
+	a.startRunLocked()
+	if !discardMyData {
+		return
+	}
+	a.mu.Lock()
+	done := a.runDone
+	a.mu.Unlock()
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.clearDiscardWhenConnected(v, done)
+	}()
+}
+
+// clearDiscardWhenConnected clears the volume's discard-my-data flag once
+// a connection is established (DRBD forgets it after the handshake), so
+// that a later split brain is not resolved by this old decision. It gives
+// up when the connection loop ends (the flag then waits for the next
+// Connect, which sets it anew) or the agent closes.
+func (a *agent) clearDiscardWhenConnected(v *replication.Volume, done <-chan struct{}) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if v.Status().Conn == replication.Connected {
+			v.SetDiscardMyData(false)
+			a.log.Info("connected; discard-my-data cleared")
+			return
+		}
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-done:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // startRunLocked starts the connection loop; a.opMu held.
@@ -543,26 +664,68 @@ func (a *agent) startRunLocked() {
 	if a.runCancel != nil {
 		return
 	}
-	connect := replication.Dialer(a.peer.Address)
-	if !a.dialer() {
-		connect = replication.Acceptor(a.peerLn)
-	}
+	a.stopRefusingLocked()
 	ctx, cancel := context.WithCancel(a.ctx)
 	done := make(chan struct{})
 	a.runCancel, a.runDone = cancel, done
 	v := a.vol
 	go func() {
 		defer close(done)
-		err := v.Run(ctx, connect)
+		var err error
+		if a.dialer() {
+			err = v.Run(ctx, replication.Dialer(a.peer.Address))
+		} else {
+			err = v.RunAccepting(ctx, a.peerLn)
+		}
 		if ctx.Err() == nil && !errors.Is(err, replication.ErrClosed) {
 			a.log.Error("peer link given up; run `hablock connect` to retry", "err", err)
 		}
 		a.mu.Lock()
 		if a.runDone == done {
 			a.runCancel, a.runDone = nil, nil
+			if ctx.Err() == nil && err != nil {
+				a.startRefusingLocked(v, err.Error())
+			}
 		}
 		a.mu.Unlock()
 	}()
+}
+
+// startRefusingLocked answers the peer's connections while this node,
+// on the accepting side, runs no link (StandAlone after a fatal
+// handshake): each gets the engine's StandAlone refusal with reason, so
+// the peer stops redialing and says why. a.mu held.
+func (a *agent) startRefusingLocked(v *replication.Volume, reason string) {
+	if a.dialer() || a.refuseCancel != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(a.ctx)
+	done := make(chan struct{})
+	a.refuseCancel, a.refuseDone = cancel, done
+	accept := replication.Acceptor(a.peerLn)
+	go func() {
+		defer close(done)
+		for {
+			conn, err := accept(ctx)
+			if err != nil {
+				return
+			}
+			if err := v.RefuseConn(conn, reason); err != nil {
+				a.log.Debug("refused a connection while StandAlone", "err", err)
+			}
+		}
+	}()
+}
+
+// stopRefusingLocked stops startRefusingLocked's loop and waits for it;
+// a.mu held.
+func (a *agent) stopRefusingLocked() {
+	if a.refuseCancel == nil {
+		return
+	}
+	a.refuseCancel()
+	<-a.refuseDone
+	a.refuseCancel, a.refuseDone = nil, nil
 }
 
 func (a *agent) Disconnect(context.Context) error {
@@ -587,7 +750,10 @@ func (a *agent) stopRunLocked() bool {
 	return true
 }
 
-func (a *agent) Primary(_ context.Context, force bool) error {
+func (a *agent) Primary(ctx context.Context, force bool) error {
+	if m := a.mgr.Load(); m != nil {
+		return a.primaryByVote(ctx, m, force)
+	}
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	v := a.volume()
@@ -628,6 +794,11 @@ func (a *agent) Primary(_ context.Context, force bool) error {
 		a.persist.setRole(meta.Secondary)
 		a.sync()
 		return err
+	}
+	if a.vip != nil {
+		if err := a.vip.Acquire(ctx); err != nil {
+			return fmt.Errorf("primary, exporting, but the VIP %s could not be added: %w", a.res.ISCSI.VIP, err)
+		}
 	}
 	return nil
 }
@@ -677,8 +848,17 @@ func freshGen() uint64 {
 }
 
 func (a *agent) Secondary(context.Context) error {
+	if a.mgr.Load() != nil {
+		return fmt.Errorf("%w: automatic failover is on (witness %s): a Primary demoted by hand would just be replaced; run `hablock switchover` to hand the role to %s",
+			admin.ErrConflict, a.res.Witness.Name, a.peer.Name)
+	}
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
+	if a.vip != nil {
+		if err := a.vip.Release(); err != nil {
+			a.log.Error("release VIP", "vip", a.res.ISCSI.VIP, "err", err)
+		}
+	}
 	a.stopExport(5 * time.Second)
 	v := a.volume()
 	if err := v.Flush(); err != nil && !errors.Is(err, replication.ErrNotPrimary) {
@@ -694,10 +874,36 @@ func (a *agent) Secondary(context.Context) error {
 	return nil
 }
 
+// Invalidate discards this node's claim to current data (DRBD's
+// invalidate): the disk becomes Inconsistent with every block out of
+// sync, so the next connect resyncs all of it from the peer. Only while
+// not connected and not Primary.
 func (a *agent) Invalidate(context.Context) error {
-	// TODO(issue 3): needs a full-sync request in replication.Volume
-	// (DRBD's invalidate: mark all out of sync, become SyncTarget).
-	return fmt.Errorf("%w: invalidate: the replication engine has no full-sync request yet", admin.ErrNotImplemented)
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	v := a.volume()
+	s := v.Status()
+	switch {
+	case s.Role == replication.RolePrimary:
+		return fmt.Errorf("%w: this node is Primary and its data is what the initiators see: run `hablock secondary` first (and promote %s if it should serve), then invalidate",
+			admin.ErrConflict, a.peer.Name)
+	case s.Conn == replication.Connected || s.Conn == replication.Connecting:
+		return fmt.Errorf("%w: connected to %s (%v): disconnect first (`hablock disconnect`), then invalidate, then `hablock connect` to receive a full resync",
+			admin.ErrConflict, a.peer.Name, s.Conn)
+	}
+	if err := v.Invalidate(); err != nil {
+		switch {
+		case errors.Is(err, replication.ErrBusy):
+			return fmt.Errorf("%w: %w: disconnect first (`hablock disconnect`), then invalidate", admin.ErrConflict, err)
+		case errors.Is(err, replication.ErrNoGoodDisk):
+			return fmt.Errorf("%w: %w: the local disk is detached; there is nothing to invalidate", admin.ErrConflict, err)
+		}
+		return err
+	}
+	a.sync() // persist Inconsistent now, not up to watchInterval late
+	a.log.Warn("invalidated: local data is Inconsistent; the next connect resyncs all of it from the peer",
+		"out_of_sync", units.FormatSize(int64(v.Status().OutOfSyncBytes)))
+	return nil
 }
 
 func (a *agent) Verify(_ context.Context, repair bool) error {
@@ -827,6 +1033,7 @@ func (a *agent) stopExport(grace time.Duration) {
 // ---- shutdown ----
 
 func (a *agent) close(grace time.Duration) {
+	a.closeVIP()
 	a.stopExport(grace)
 	a.opMu.Lock()
 	a.stopRunLocked()
@@ -841,9 +1048,10 @@ func (a *agent) close(grace time.Duration) {
 	a.cancel()
 	a.wg.Wait()
 	a.sync()
-	// A clean stop is not a crash: clear crashed-primary (the role is kept).
+	// A clean stop is not a crash: clear crashed-primary (the role is kept),
+	// unless an earlier crash has not been resolved by a connect yet.
 	s := v.Status()
-	a.persist.setFlags(flagsFor(s, false), replicationGen(s.GI))
+	a.persist.setFlags(flagsFor(s, a.crashPending.Load()), replicationGen(s.GI))
 	a.closeResources()
 	a.log.Info("stopped")
 }

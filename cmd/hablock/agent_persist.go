@@ -69,6 +69,12 @@ type persister struct {
 	store *meta.Store
 	log   *slog.Logger
 
+	// wmu serialises the bitmap chunk writes (taken before mu): a chunk
+	// is encoded and written under it, so writes land in the order the
+	// encodings were taken. mu itself is never held across a store
+	// write of bitmap chunks, so clean (called under the engine's lock
+	// on every resync step) never waits for the disk.
+	wmu     sync.Mutex
 	mu      sync.Mutex
 	bm      *replication.Bitmap // mirror of the engine's bitmap
 	pending map[uint64]bool     // chunks cleaned since the last flush
@@ -216,14 +222,20 @@ func eachRun(b []byte, fn func(from, to uint64)) {
 	}
 }
 
-func (p *persister) writeLocked(idxs []uint64) error {
+// encodeLocked sorts idxs and encodes those chunks; p.mu held.
+func (p *persister) encodeLocked(idxs []uint64) map[uint64][]byte {
+	slices.Sort(idxs)
+	return p.chunksLocked(idxs)
+}
+
+// putChunks writes chunks (encodeLocked's) in batches; p.wmu held, p.mu
+// not.
+func (p *persister) putChunks(idxs []uint64, chunks map[uint64][]byte) error {
 	batch := map[uint64][]byte{}
 	size := int64(0)
 	// MaxBatchBytes is computed for chunks of MaxBitmapChunkSize; ours
 	// are smaller, so more entries and more per-entry overhead: halve it.
 	maxBatch := p.store.MaxBatchBytes() / 2
-	slices.Sort(idxs)
-	chunks := p.chunksLocked(idxs)
 	for _, idx := range idxs {
 		c := chunks[idx]
 		if size+int64(len(c)) > maxBatch && len(batch) > 0 {
@@ -251,16 +263,27 @@ func (p *persister) dirty(off, n uint64) {
 	if n == 0 {
 		return
 	}
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.bm.Set(off, n)
+	if added, err := p.bm.Set(off, n); err == nil && added == 0 {
+		// Every bit set in p.bm is persisted as set (chunks only wait in
+		// pending for bits being cleared), so there is nothing to write.
+		// This keeps the connect-time report of the merged bitmap (one
+		// call per dirty run, within the handshake timeout) from
+		// rewriting chunks the node already has.
+		p.mu.Unlock()
+		return
+	}
 	from, to := p.chunkRange(off, n)
 	var idxs []uint64
 	for i := from; i <= to; i++ {
 		idxs = append(idxs, i)
 		delete(p.pending, i)
 	}
-	if err := p.writeLocked(idxs); err != nil {
+	chunks := p.encodeLocked(idxs)
+	p.mu.Unlock()
+	if err := p.putChunks(idxs, chunks); err != nil {
 		// TODO(issue 3): the hook cannot fail the write; a metadata
 		// store that cannot record the bitmap should detach the disk.
 		p.log.Error("persist out-of-sync bitmap", "err", err, "off", off, "len", n)
@@ -270,14 +293,16 @@ func (p *persister) dirty(off, n uint64) {
 // markOutOfSync marks exts out of sync and persists the chunks they touch
 // before returning.
 func (p *persister) markOutOfSync(exts []replication.Extent) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	touched := map[uint64]bool{}
 	for _, e := range exts {
 		if e.Len == 0 {
 			continue
 		}
 		if _, err := p.bm.Set(e.Off, e.Len); err != nil {
+			p.mu.Unlock()
 			return err
 		}
 		from, to := p.chunkRange(e.Off, e.Len)
@@ -290,7 +315,9 @@ func (p *persister) markOutOfSync(exts []replication.Extent) error {
 	for i := range touched {
 		idxs = append(idxs, i)
 	}
-	return p.writeLocked(idxs)
+	chunks := p.encodeLocked(idxs)
+	p.mu.Unlock()
+	return p.putChunks(idxs, chunks)
 }
 
 // clean is Hooks.OnBitmapClean: persisted lazily by flush.
@@ -314,19 +341,28 @@ func (p *persister) flush() {
 }
 
 func (p *persister) flushAll() error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if len(p.pending) == 0 {
+		p.mu.Unlock()
 		return nil
 	}
 	idxs := make([]uint64, 0, len(p.pending))
 	for i := range p.pending {
 		idxs = append(idxs, i)
 	}
-	if err := p.writeLocked(idxs); err != nil {
+	chunks := p.encodeLocked(idxs)
+	clear(p.pending)
+	p.mu.Unlock()
+	if err := p.putChunks(idxs, chunks); err != nil {
+		p.mu.Lock()
+		for _, i := range idxs {
+			p.pending[i] = true // written by the next flush
+		}
+		p.mu.Unlock()
 		return err
 	}
-	clear(p.pending)
 	return nil
 }
 

@@ -593,17 +593,6 @@ func TestScenarioSplitBrain(t *testing.T) {
 	}
 }
 
-// TestScenarioSplitBrainDiscardMyData: manual recovery with
-// `hablock connect --discard-my-data`, if the agent offers it.
-func TestScenarioSplitBrainDiscardMyData(t *testing.T) {
-	needScenarioTools(t)
-	_, out, _ := hablock("connect", "--help")
-	if !strings.Contains(out, "discard-my-data") {
-		t.Skip("hablock connect has no --discard-my-data (the engine supports State.DiscardMyData, the agent/admin API do not expose it): manual split-brain recovery not testable")
-	}
-	t.Fatal("hablock connect --discard-my-data exists now: write this test")
-}
-
 // TestScenarioWrongVolume: two nodes made with different volume UUIDs
 // refuse to connect, say so naming both UUIDs, and touch no data.
 func TestScenarioWrongVolume(t *testing.T) {

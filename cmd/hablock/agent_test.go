@@ -240,14 +240,14 @@ func TestStatusAgainstAgent(t *testing.T) {
 	}
 
 	// Without --force an Inconsistent node is not promoted; invalidate
-	// is not implemented by the engine yet.
+	// (not connected, Secondary) marks everything out of sync.
 	code, _, errOut = hablock("primary", "--config", conf, "--node", "n1")
 	if code != 1 || !strings.Contains(errOut, "not UpToDate") || !strings.Contains(errOut, "--force") {
 		t.Fatalf("primary: exit %d, %q", code, errOut)
 	}
-	code, _, errOut = hablock("invalidate", "--config", conf, "--node", "n1")
-	if code != 1 || !strings.Contains(errOut, "not implemented") {
-		t.Fatalf("invalidate: exit %d, %q", code, errOut)
+	code, out, errOut = hablock("invalidate", "--config", conf, "--node", "n1")
+	if code != 0 || !strings.HasPrefix(out, "r0 role:Secondary\n  disk:Inconsistent out-of-sync:16.0 MiB\n") {
+		t.Fatalf("invalidate: exit %d\n%s%s", code, out, errOut)
 	}
 	ag.stop(t)
 	if _, err := os.Lstat(filepath.Join(dir, "n1.sock")); !os.IsNotExist(err) {
@@ -312,16 +312,25 @@ func TestTwoAgentsForcePrimaryResync(t *testing.T) {
 		t.Fatal("n2's backing file differs from n1's data after the resync")
 	}
 
-	// The metadata kept what happened: n1 restarts Primary (and
-	// exports), n2 UpToDate, and they reconnect without a full resync.
+	// The metadata kept what happened: both restart Secondary (as DRBD
+	// does after a clean stop: promotion is always an explicit decision),
+	// UpToDate, and reconnect without a full resync; n1 is promoted again
+	// without --force.
 	a2 = startAgent(t, "--config", conf, "--node", "n2")
 	a1 = startAgent(t, "--config", conf, "--node", "n1")
 	code, out, errOut = hablock("connect", "--config", conf, "--node", "n1", "--wait", "--timeout", "15s")
-	if code != 0 || !strings.HasPrefix(out, "r0 role:Primary\n  disk:UpToDate\n") || !strings.Contains(out, "peer-disk:UpToDate replication:Established") {
+	if code != 0 || !strings.HasPrefix(out, "r0 role:Secondary\n  disk:UpToDate\n") || !strings.Contains(out, "peer-disk:UpToDate replication:Established") {
 		t.Fatalf("after restart: exit %d\n%s%s", code, out, errOut)
+	}
+	if strings.Contains(a1.logText(), "exporting volume") {
+		t.Errorf("n1 exports after a restart although it starts Secondary:\n%s", a1.logText())
 	}
 	if strings.Contains(a1.logText(), "FullSync") {
 		t.Errorf("restart caused a full sync:\n%s", a1.logText())
+	}
+	code, out, errOut = hablock("primary", "--config", conf, "--node", "n1")
+	if code != 0 || !strings.HasPrefix(out, "r0 role:Primary\n") {
+		t.Fatalf("primary after restart: exit %d\n%s%s", code, out, errOut)
 	}
 	a1.stop(t)
 	a2.stop(t)

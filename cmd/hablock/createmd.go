@@ -11,7 +11,8 @@ import (
 	"github.com/hablock/hablock/internal/units"
 )
 
-const createMDHelp = `Initialise the replication metadata of one disk node of a resource.
+const createMDHelp = `Initialise the replication metadata of one disk node of a resource, or
+the quorum metadata of its witness.
 
 Reads the resource file (--config), picks the node (--node), creates the
 backing file when the resource has a size and the file does not exist
@@ -35,7 +36,15 @@ Then start the agent on both nodes (hablock agent --config FILE --node
 NAME) and, on the node whose data should win (on a fresh volume, either),
 run "hablock primary --force" to start the initial full sync.
 
+For the witness (the resource's "witness" section), create-md writes only
+its identity and an empty quorum record into its meta-dir: a witness has
+no backing store and no volume UUID (--uuid is refused). It keeps the
+highest epoch it voted in there, so never recreate it with --force while
+the cluster runs: it could then vote twice in one epoch.
+
 Examples:
+  # the witness
+  hablock create-md --config /etc/hablock/r0.conf --node w
   # first node: choose the volume UUID
   hablock create-md --config /etc/hablock/r0.conf --node n1
   # second node: the UUID printed by the first
@@ -73,6 +82,12 @@ func runCreateMD(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
+	if res, err := config.Load(cfgPath); err == nil && res.IsWitness(nodeName) {
+		if uuidFlag != "" {
+			return usageErrorf("--uuid: %s is the witness: it has no volume", nodeName)
+		}
+		return createWitnessMD(res, nodeName, force, stdout)
+	}
 	res, node, err := loadNode(cfgPath, nodeName)
 	if err != nil {
 		return err
@@ -125,15 +140,36 @@ func runCreateMD(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// loadNode loads and validates the resource file and returns the disk
-// node called name. Errors name the file and line (config.Error).
+// createWitnessMD initialises the metadata of the witness: its identity
+// and an empty quorum record, in its meta-dir. No backing store.
+func createWitnessMD(res *config.Resource, name string, force bool, stdout io.Writer) error {
+	node, err := res.Node(name)
+	if err != nil {
+		return usageErrorf("--node: %v", err)
+	}
+	st, err := meta.CreateWitness(node.MetaDir, meta.WitnessIdentity{Resource: res.Name, Node: name}, force, meta.DefaultOptions())
+	if err != nil {
+		if errors.Is(err, meta.ErrExists) {
+			return fmt.Errorf("metadata already exists in %s; refusing to overwrite it without --force (it holds the witness's quorum votes): %w", node.MetaDir, err)
+		}
+		return err
+	}
+	if err := st.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "created witness metadata for resource %s node %s in %s\nstart it with: hablock agent --config FILE --node %s\n",
+		res.Name, name, node.MetaDir, name)
+	return nil
+}
+
+// loadNode loads and validates the resource file and returns the node
+// called name: a disk node or the witness (create-md and agent handle
+// the witness before they call it; the admin commands reach either).
+// Errors name the file and line (config.Error).
 func loadNode(path, name string) (*config.Resource, config.Node, error) {
 	res, err := config.Load(path)
 	if err != nil {
 		return nil, config.Node{}, fmt.Errorf("invalid configuration: %w", err)
-	}
-	if res.IsWitness(name) {
-		return nil, config.Node{}, usageErrorf("--node %s is the witness of resource %s: it has no disk (the witness is not run by this command)", name, res.Name)
 	}
 	node, err := res.Node(name)
 	if err != nil {

@@ -7,7 +7,9 @@
 // # Endpoints
 //
 //	GET  /v1/status                 the Status of the node
-//	POST /v1/connect                start connecting to the peer
+//	POST /v1/connect[?discard-my-data=1]
+//	                                start connecting to the peer; discard-my-data:
+//	                                give up the local changes if a split brain is found
 //	POST /v1/disconnect             drop the peer link and stay StandAlone
 //	POST /v1/primary[?force=1]      promote; force promotes without an UpToDate disk
 //	POST /v1/secondary              demote
@@ -31,7 +33,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/hablock/hablock/failover"
 	"net/http"
+	"strings"
 	"time"
 )
 
@@ -112,7 +116,12 @@ func errorFor(err error) *Error {
 // shows in Status.
 type Node interface {
 	Status(ctx context.Context) Status
-	Connect(ctx context.Context) error
+	// Connect starts connecting to the peer. discardMyData (DRBD's
+	// connect --discard-my-data) makes this node give up its changes and
+	// become the sync target if the connect finds a split brain the
+	// after-sb policies leave unresolved; it applies until a connection
+	// is established.
+	Connect(ctx context.Context, discardMyData bool) error
 	Disconnect(ctx context.Context) error
 	// Primary promotes; force promotes even though the local disk is not
 	// UpToDate (the operator vouches for the data, as drbdadm --force).
@@ -126,6 +135,10 @@ type Node interface {
 	Verify(ctx context.Context, repair bool) error
 	PauseSync(ctx context.Context) error
 	ResumeSync(ctx context.Context) error
+	// Switchover hands the Primary role to the peer in a planned way (to
+	// is the peer's name or empty); only on the Primary of a resource
+	// with automatic failover.
+	Switchover(ctx context.Context, to string) error
 }
 
 // Status is a snapshot of a node, like `drbdadm status`. States use the
@@ -170,6 +183,22 @@ type Status struct {
 	Counters Counters `json:"counters"`
 	// LastError is the last replication error, empty if none.
 	LastError string `json:"last_error,omitempty"`
+	// SplitBrain: the connection was given up because of a split brain
+	// (IsSplitBrain); recover with connect --discard-my-data on the node
+	// whose changes are to be lost. Filled by the Server.
+	SplitBrain bool `json:"split_brain,omitempty"`
+	// Failover is the failover manager's view (quorum record, members,
+	// heartbeat ages, last decision, events); nil on a resource without a
+	// witness, where failover is manual.
+	Failover *failover.Status `json:"failover,omitempty"`
+}
+
+// IsSplitBrain reports whether the node gave up its connection because of
+// a split brain (both nodes wrote while apart and no policy resolved it):
+// StandAlone, with the engine's split-brain error as LastError. It lasts
+// until the next connect. The Server fills Status.SplitBrain with it.
+func (s Status) IsSplitBrain() bool {
+	return s.Connection == "StandAlone" && strings.Contains(s.LastError, "split brain")
 }
 
 // Progress is the progress of a resync or verify.

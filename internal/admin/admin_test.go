@@ -50,8 +50,8 @@ func (n *fakeNode) Status(context.Context) Status {
 	defer n.mu.Unlock()
 	return n.st
 }
-func (n *fakeNode) Connect(context.Context) error {
-	return n.call("connect", func() { n.st.Connection = "Connected"; n.st.Replication = "Established" })
+func (n *fakeNode) Connect(_ context.Context, discardMyData bool) error {
+	return n.call(fmt.Sprintf("connect discard-my-data=%v", discardMyData), func() { n.st.Connection = "Connected"; n.st.Replication = "Established" })
 }
 func (n *fakeNode) Disconnect(context.Context) error {
 	return n.call("disconnect", func() { n.st.Connection = "StandAlone"; n.st.Replication = "Off" })
@@ -73,6 +73,9 @@ func (n *fakeNode) Verify(_ context.Context, repair bool) error {
 }
 func (n *fakeNode) PauseSync(context.Context) error  { return n.call("pause-sync", nil) }
 func (n *fakeNode) ResumeSync(context.Context) error { return n.call("resume-sync", nil) }
+func (n *fakeNode) Switchover(_ context.Context, to string) error {
+	return n.call("switchover to="+to, func() { n.st.Role = "Secondary"; n.st.PeerRole = "Primary" })
+}
 
 func (n *fakeNode) lastCall() string {
 	n.mu.Lock()
@@ -124,7 +127,10 @@ func TestStatusAndActions(t *testing.T) {
 		call  string
 		check func(Status) bool
 	}{
-		{"connect", func() (Status, error) { return c.Connect(ctx) }, "connect", func(s Status) bool { return s.Connection == "Connected" }},
+		{"connect", func() (Status, error) { return c.Connect(ctx, false) }, "connect discard-my-data=false", func(s Status) bool { return s.Connection == "Connected" }},
+		{"connect --discard-my-data", func() (Status, error) { return c.Connect(ctx, true) }, "connect discard-my-data=true", func(s Status) bool { return s.Connection == "Connected" }},
+		{"switchover --to n2", func() (Status, error) { return c.Switchover(ctx, "n2") }, "switchover to=n2", func(s Status) bool { return s.PeerRole == "Primary" }},
+		{"switchover", func() (Status, error) { return c.Switchover(ctx, "") }, "switchover to=", func(s Status) bool { return s.Role == "Secondary" }},
 		{"primary", func() (Status, error) { return c.Primary(ctx, false) }, "primary force=false", func(s Status) bool { return s.Role == "Primary" }},
 		{"primary --force", func() (Status, error) { return c.Primary(ctx, true) }, "primary force=true", func(s Status) bool { return s.Role == "Primary" }},
 		{"verify", func() (Status, error) { return c.Verify(ctx, false) }, "verify repair=false", func(s Status) bool { return s.Verify != nil && s.Verify.Running }},
@@ -151,7 +157,7 @@ func TestStatusAndActions(t *testing.T) {
 
 func TestErrorsMapToStatusAndSentinels(t *testing.T) {
 	node := newFakeNode()
-	node.failOn["connect"] = fmt.Errorf("engine: %w", ErrNotImplemented)
+	node.failOn["connect discard-my-data=false"] = fmt.Errorf("engine: %w", ErrNotImplemented)
 	node.failOn["primary force=false"] = fmt.Errorf("peer n2 is Primary: %w", ErrConflict)
 	node.failOn["secondary"] = errors.New("disk on fire")
 	c, _ := serve(t, node)
@@ -164,7 +170,7 @@ func TestErrorsMapToStatusAndSentinels(t *testing.T) {
 		code     string
 		msg      string
 	}{
-		{func() (Status, error) { return c.Connect(ctx) }, ErrNotImplemented, 501, CodeNotImplemented, "engine"},
+		{func() (Status, error) { return c.Connect(ctx, false) }, ErrNotImplemented, 501, CodeNotImplemented, "engine"},
 		{func() (Status, error) { return c.Primary(ctx, false) }, ErrConflict, 409, CodeConflict, "peer n2 is Primary"},
 		{func() (Status, error) { return c.Secondary(ctx) }, nil, 500, CodeInternal, "disk on fire"},
 	}
@@ -198,6 +204,8 @@ func TestBadRequests(t *testing.T) {
 		{"GET", "/v1/primary", 405, CodeMethodNotAllowed},
 		{"POST", "/v1/primary?force=maybe", 400, CodeBadRequest},
 		{"POST", "/v1/connect?force=1", 400, CodeBadRequest},
+		{"POST", "/v1/primary?discard-my-data=1", 400, CodeBadRequest},
+		{"POST", "/v1/connect?discard-my-data=perhaps", 400, CodeBadRequest},
 		{"GET", "/v1/nothing", 404, CodeNotFound},
 	}
 	for _, tc := range cases {
@@ -292,4 +300,24 @@ func TestProgress(t *testing.T) {
 func jsonDecode(resp *http.Response, v any) error {
 	defer resp.Body.Close()
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func TestStatusSplitBrainDerived(t *testing.T) {
+	node := newFakeNode()
+	c, _ := serve(t, node)
+	ctx := context.Background()
+	st, err := c.Status(ctx)
+	if err != nil || st.SplitBrain {
+		t.Fatalf("plain StandAlone: split_brain %v, err %v", st.SplitBrain, err)
+	}
+	node.mu.Lock()
+	node.st.LastError = "replication: split brain: local A, peer B; resolve manually"
+	node.mu.Unlock()
+	if st, err = c.Status(ctx); err != nil || !st.SplitBrain {
+		t.Fatalf("after a split brain: split_brain %v, err %v", st.SplitBrain, err)
+	}
+	// An action's answer carries it too; once connected it is gone.
+	if st, err = c.Connect(ctx, true); err != nil || st.SplitBrain {
+		t.Fatalf("connected: split_brain %v, err %v", st.SplitBrain, err)
+	}
 }

@@ -46,9 +46,10 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return c.do(ctx, http.MethodGet, "status", nil)
 }
 
-// Connect asks the node to connect to its peer.
-func (c *Client) Connect(ctx context.Context) (Status, error) {
-	return c.do(ctx, http.MethodPost, "connect", nil)
+// Connect asks the node to connect to its peer; see Node.Connect for
+// discardMyData.
+func (c *Client) Connect(ctx context.Context, discardMyData bool) (Status, error) {
+	return c.do(ctx, http.MethodPost, "connect", boolQuery("discard-my-data", discardMyData))
 }
 
 // Disconnect drops the peer link.
@@ -84,6 +85,15 @@ func (c *Client) PauseSync(ctx context.Context) (Status, error) {
 // ResumeSync resumes the resync.
 func (c *Client) ResumeSync(ctx context.Context) (Status, error) {
 	return c.do(ctx, http.MethodPost, "resume-sync", nil)
+}
+
+// Switchover hands the Primary role to the peer (to: its name, or "").
+func (c *Client) Switchover(ctx context.Context, to string) (Status, error) {
+	var q url.Values
+	if to != "" {
+		q = url.Values{"to": {to}}
+	}
+	return c.do(ctx, http.MethodPost, "switchover", q)
 }
 
 func boolQuery(k string, v bool) url.Values {

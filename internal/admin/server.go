@@ -42,9 +42,9 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	s := &Server{node: node, log: log}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, node.Status(r.Context()))
+		writeJSON(w, http.StatusOK, s.status(r.Context()))
 	})
-	s.action(mux, "connect", func(ctx context.Context, _ flags) error { return node.Connect(ctx) })
+	s.action(mux, "connect", func(ctx context.Context, f flags) error { return node.Connect(ctx, f.discardMyData) }, "discard-my-data")
 	s.action(mux, "disconnect", func(ctx context.Context, _ flags) error { return node.Disconnect(ctx) })
 	s.action(mux, "primary", func(ctx context.Context, f flags) error { return node.Primary(ctx, f.force) }, "force")
 	s.action(mux, "secondary", func(ctx context.Context, _ flags) error { return node.Secondary(ctx) })
@@ -52,6 +52,7 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	s.action(mux, "verify", func(ctx context.Context, f flags) error { return node.Verify(ctx, f.repair) }, "repair")
 	s.action(mux, "pause-sync", func(ctx context.Context, _ flags) error { return node.PauseSync(ctx) })
 	s.action(mux, "resume-sync", func(ctx context.Context, _ flags) error { return node.ResumeSync(ctx) })
+	s.action(mux, "switchover", func(ctx context.Context, f flags) error { return node.Switchover(ctx, f.to) }, "to")
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{HTTPStatus: http.StatusNotFound, Code: CodeNotFound,
 			Message: fmt.Sprintf("no endpoint %s %s (see GET /v1/status)", r.Method, r.URL.Path)})
@@ -68,10 +69,13 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	return s
 }
 
-type flags struct{ force, repair bool }
+type flags struct {
+	force, repair, discardMyData bool
+	to                           string // switchover's target node
+}
 
 // action registers POST /v1/NAME; allowed lists the boolean query
-// parameters it takes.
+// parameters it takes ("to" is the one string parameter).
 func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context, flags) error, allowed ...string) {
 	mux.HandleFunc("POST /v1/"+name, func(w http.ResponseWriter, r *http.Request) {
 		var f flags
@@ -86,6 +90,10 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 					Message: fmt.Sprintf("%s: unknown parameter %q", name, k)})
 				return
 			}
+			if k == "to" {
+				f.to = vs[len(vs)-1]
+				continue
+			}
 			b, err := strconv.ParseBool(vs[len(vs)-1])
 			if err != nil {
 				writeError(w, &Error{HTTPStatus: http.StatusBadRequest, Code: CodeBadRequest,
@@ -97,6 +105,8 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 				f.force = b
 			case "repair":
 				f.repair = b
+			case "discard-my-data":
+				f.discardMyData = b
 			}
 		}
 		if err := fn(r.Context(), f); err != nil {
@@ -105,9 +115,16 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 			writeError(w, e)
 			return
 		}
-		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair)
-		writeJSON(w, http.StatusOK, s.node.Status(r.Context()))
+		s.log.Info("admin request", "op", name, "force", f.force, "repair", f.repair, "discard_my_data", f.discardMyData, "to", f.to)
+		writeJSON(w, http.StatusOK, s.status(r.Context()))
 	})
+}
+
+// status is the node's Status with the derived fields filled in.
+func (s *Server) status(ctx context.Context) Status {
+	st := s.node.Status(ctx)
+	st.SplitBrain = st.IsSplitBrain()
+	return st
 }
 
 // methodCheck answers 405 for a known path with the wrong method (the
@@ -119,7 +136,7 @@ func methodCheck(next http.Handler) http.Handler {
 			want = http.MethodGet
 		}
 		known := r.URL.Path == "/v1/status"
-		for _, n := range []string{"connect", "disconnect", "primary", "secondary", "invalidate", "verify", "pause-sync", "resume-sync"} {
+		for _, n := range []string{"connect", "disconnect", "primary", "secondary", "invalidate", "verify", "pause-sync", "resume-sync", "switchover"} {
 			known = known || r.URL.Path == "/v1/"+n
 		}
 		if known && r.Method != want && !(want == http.MethodGet && r.Method == http.MethodHead) {

@@ -29,10 +29,11 @@ func TestExample(t *testing.T) {
 			KoCount: 7, ConnectRetryMin: time.Second, ConnectRetryMax: 10 * time.Second,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", ResyncRate: 250 << 20, VerifyAlg: "sha256"},
 		Nodes: []Node{
-			{"n1", "10.250.0.1:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n1", "/run/hablock/r0-n1.sock"},
-			{"n2", "10.250.0.2:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n2", "/run/hablock/r0-n2.sock"},
+			{"n1", "10.250.0.1:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n1", "/run/hablock/r0-n1.sock", "", ""},
+			{"n2", "10.250.0.2:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n2", "/run/hablock/r0-n2.sock", "", ""},
 		},
-		Witness: &Node{"w", "10.250.0.3:7789", "", "/var/lib/hablock/r0-w", "/run/hablock/r0-w.sock"},
+		Witness:  &Node{"w", "10.250.0.3:7789", "", "/var/lib/hablock/r0-w", "/run/hablock/r0-w.sock", "", ""},
+		Failover: DefaultFailover(),
 	}
 	if !reflect.DeepEqual(strip(r), want) {
 		t.Errorf("example parsed as\n%+v\nwant\n%+v", strip(r), want)
@@ -188,8 +189,24 @@ func TestBroken(t *testing.T) {
 			`t.conf:7: net.after-sb-0pri: "disconect" is not one of disconnect, discard-younger-primary, discard-older-primary, discard-zero-changes, discard-least-changes, discard-node-NAME; did you mean disconnect?`},
 		{"discard unknown node", "after-sb-0pri disconnect", "after-sb-0pri discard-node-w",
 			`t.conf:7: net.after-sb-0pri: "discard-node-w" names no disk node; want one of discard-node-n1, discard-node-n2`},
-		{"shared files on one host", "10.0.0.2:7789", "10.0.0.1:7790",
+		{"shared files on one host", "10.0.0.2:7789", "10.0.0.1:7800",
 			`t.conf:13: node[n2].backing: /dev/vdb is also node[n1].backing on the same host (line 11)`},
+		{"heartbeat timeout too short", "size 1G", "failover { heartbeat-interval 100ms; heartbeat-timeout 200ms }",
+			`t.conf:2: failover.heartbeat-timeout: 200ms must be at least 3 x failover.heartbeat-interval 100ms (line 2), so that one or two lost heartbeats do not look like a dead node`},
+		{"vote timeout too short", "size 1G", "failover { vote-timeout 300ms }",
+			`t.conf:2: failover.vote-timeout: 300ms must exceed failover.heartbeat-timeout 300ms (line 2): a voter may wait that long to confirm the Primary is silent`},
+		{"probe timeout", "size 1G", "failover { probe-timeout 200ms }",
+			`t.conf:2: failover.probe-timeout: 200ms must be less than failover.probe-interval 200ms (line 2)`},
+		{"failback to witness", "size 1G", "failover { auto-failback w }",
+			`t.conf:2: failover.auto-failback: "w" names no disk node; want none or one of n1, n2`},
+		{"bad suspicion mult", "size 1G", "failover { suspicion-mult 0 }",
+			`t.conf:2: failover.suspicion-mult: "0" is not a count (1 or more)`},
+		{"failover key typo", "size 1G", "failover { heartbeat-interva 1s }",
+			`t.conf:2: failover.heartbeat-interva: unknown setting; did you mean heartbeat-interval?`},
+		{"control clashes with address", "node n2 { address 10.0.0.2:7789;", "node n2 { address 10.0.0.2:7789; control 10.0.0.1:7789;",
+			`t.conf:13: node[n2].control: 10.0.0.1:7789 is also node[n1].address (line 10)`},
+		{"derived gossip clashes", "node n2 { address 10.0.0.2:7789;", "node n2 { address 10.0.0.2:7789; control 10.0.0.2:7790;",
+			`t.conf:13: node[n2].control: 10.0.0.2:7790 is also node[n2].gossip (line 13)`},
 		{"missing value", "size 1G", "size",
 			`t.conf:2: size: missing value`},
 		{"two values", "size 1G", "size 1 G",
@@ -329,6 +346,23 @@ func TestLoadNamesFile(t *testing.T) {
 	}
 }
 
+func TestDerivedAddresses(t *testing.T) {
+	n := Node{Address: "10.0.0.1:7789"}
+	if g, c := n.GossipAddress(), n.ControlAddress(); g != "10.0.0.1:7790" || c != "10.0.0.1:7791" {
+		t.Errorf("derived gossip %q control %q", g, c)
+	}
+	n.Gossip, n.Control = "h:1", "h:2"
+	if g, c := n.GossipAddress(), n.ControlAddress(); g != "h:1" || c != "h:2" {
+		t.Errorf("explicit gossip %q control %q", g, c)
+	}
+	if g := (Node{Address: "[::1]:65535"}).GossipAddress(); g != "" {
+		t.Errorf("port overflow derived %q", g)
+	}
+	if g := (Node{Address: "[::1]:80"}).ControlAddress(); g != "[::1]:82" {
+		t.Errorf("IPv6 derived %q", g)
+	}
+}
+
 func TestSuggest(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"ping-timout", "ping-timeout"}, {"timeuot", "timeout"}, {"adress", "address"}, {"zzz", ""},
@@ -345,7 +379,7 @@ func TestKeyLists(t *testing.T) {
 	for _, tc := range []struct {
 		keys []string
 		m    map[string]setter
-	}{{iscsiKeys, in.iscsiSettings()}, {netKeys, in.netSettings()}, {nodeKeys, nodeSettings(&n)}} {
+	}{{iscsiKeys, in.iscsiSettings()}, {netKeys, in.netSettings()}, {failoverKeys, in.failoverSettings()}, {nodeKeys, nodeSettings(&n)}} {
 		got := slices.Sorted(maps.Keys(tc.m))
 		if want := slices.Sorted(slices.Values(tc.keys)); !slices.Equal(got, want) {
 			t.Errorf("setters %v, key list %v", got, want)

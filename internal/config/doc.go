@@ -39,14 +39,23 @@
 //	        resync-rate 100M             # bytes/s; 0 or unlimited: no cap
 //	        verify-alg sha256            # or crc32c
 //	    }
+//	    failover {
+//	        heartbeat-interval 50ms ; heartbeat-timeout 300ms ; vote-timeout 1s
+//	        auto-failback none ; failback-settle 30s
+//	        probe-interval 200ms ; probe-timeout 100ms ; suspicion-mult 3
+//	        suspicion-max-timeout-mult 1 ; gossip-interval 50ms ; reconnect-interval 1s
+//	    }
 //	    node n1 { address 10.250.0.1:7789 ; backing /dev/vdb ; meta-dir /var/lib/hablock/r0-n1 ; admin /run/hablock/r0-n1.sock }
 //	    node n2 { address 10.250.0.2:7789 ; backing /dev/vdb }
-//	    witness w { address 10.250.0.3:7789 }
+//	    witness w { address 10.250.0.3:7789 ; gossip 10.250.0.3:7790 ; control 10.250.0.3:7791 }
 //	}
 //
-// examples/hablock.conf documents every key; the Resource, ISCSI, Net and
-// Node types document each field's unit, default and meaning, and
-// DefaultResource, DefaultNet and DefaultNode return the defaults.
+// examples/hablock.conf documents every key; the Resource, ISCSI, Net,
+// Failover and Node types document each field's unit, default and
+// meaning, and DefaultResource, DefaultNet, DefaultFailover and
+// DefaultNode return the defaults. A node's gossip and control addresses
+// default to its address's host with the port + 1 and + 2
+// (Node.GossipAddress, Node.ControlAddress).
 //
 // # Checks
 //
@@ -58,8 +67,8 @@
 // two members on one host share no file; a well-formed iSCSI name;
 // ping-timeout below ping-interval; size a multiple of block-size; the
 // split-brain policies those of package replication, discard-node-NAME
-// naming a disk node.
-//
-// Not here yet: failover settings (membership, probes, VIP takeover
-// timing); a "failover" section is an unknown-section error until then.
+// naming a disk node; heartbeat-timeout at least 3 x heartbeat-interval,
+// vote-timeout above heartbeat-timeout, probe-timeout below
+// probe-interval, auto-failback naming a disk node; every address,
+// gossip and control endpoint distinct.
 package config

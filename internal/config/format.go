@@ -49,9 +49,29 @@ func (r *Resource) Format(w io.Writer) error {
 	}
 	b.WriteString("    }\n")
 
+	f := r.Failover
+	failback := f.AutoFailback
+	if failback == "" {
+		failback = "none"
+	}
+	b.WriteString("\n    failover {\n")
+	for _, s := range [][2]string{
+		{"heartbeat-interval", f.HeartbeatInterval.String()}, {"heartbeat-timeout", f.HeartbeatTimeout.String()},
+		{"vote-timeout", f.VoteTimeout.String()}, {"auto-failback", failback},
+		{"failback-settle", f.FailbackSettle.String()},
+		{"probe-interval", f.ProbeInterval.String()}, {"probe-timeout", f.ProbeTimeout.String()},
+		{"suspicion-mult", strconv.Itoa(f.SuspicionMult)},
+		{"suspicion-max-timeout-mult", strconv.Itoa(f.SuspicionMaxTimeoutMult)},
+		{"gossip-interval", f.GossipInterval.String()}, {"reconnect-interval", f.ReconnectInterval.String()},
+	} {
+		kv("        ", s[0], s[1])
+	}
+	b.WriteString("    }\n")
+
 	node := func(kind string, nd Node) {
 		fmt.Fprintf(b, "\n    %s %s {\n", kind, quote(nd.Name))
-		for _, s := range [][2]string{{"address", nd.Address}, {"backing", nd.Backing}, {"meta-dir", nd.MetaDir}, {"admin", nd.Admin}} {
+		for _, s := range [][2]string{{"address", nd.Address}, {"backing", nd.Backing}, {"meta-dir", nd.MetaDir}, {"admin", nd.Admin},
+			{"gossip", nd.Gossip}, {"control", nd.Control}} {
 			if s[1] != "" {
 				kv("        ", s[0], s[1])
 			}

@@ -318,7 +318,7 @@ func sectionOf(key string) string {
 	for _, s := range []struct {
 		name string
 		keys []string
-	}{{"the resource", resourceKeys}, {"iscsi", iscsiKeys}, {"net", netKeys}, {"node", nodeKeys}} {
+	}{{"the resource", resourceKeys}, {"iscsi", iscsiKeys}, {"net", netKeys}, {"failover", failoverKeys}, {"node", nodeKeys}} {
 		if slices.Contains(s.keys, key) {
 			return s.name
 		}
@@ -330,11 +330,14 @@ func sectionOf(key string) string {
 // (checked by a test).
 var (
 	resourceKeys = []string{"size", "block-size", "protocol"}
-	sectionNames = []string{"iscsi", "net", "node", "witness"}
+	sectionNames = []string{"iscsi", "net", "failover", "node", "witness"}
 	iscsiKeys    = []string{"iqn", "listen", "vip", "vip-interface"}
 	netKeys      = []string{"ping-interval", "ping-timeout", "timeout", "ko-count", "connect-retry-min",
 		"connect-retry-max", "after-sb-0pri", "after-sb-1pri", "resync-rate", "verify-alg"}
-	nodeKeys = []string{"address", "backing", "meta-dir", "admin"}
+	failoverKeys = []string{"heartbeat-interval", "heartbeat-timeout", "vote-timeout", "auto-failback",
+		"failback-settle", "probe-interval", "probe-timeout", "suspicion-mult", "suspicion-max-timeout-mult",
+		"gossip-interval", "reconnect-interval"}
+	nodeKeys = []string{"address", "backing", "meta-dir", "admin", "gossip", "control"}
 )
 
 func (in *interp) top(stmts []*stmt) (*Resource, error) {
@@ -389,7 +392,7 @@ func (in *interp) resource(stmts []*stmt) error {
 			continue
 		}
 		switch k {
-		case "iscsi", "net":
+		case "iscsi", "net", "failover":
 			if len(s.words) != 1 {
 				return in.errAt(s.words[1].pos, k, "section takes no name")
 			}
@@ -429,6 +432,11 @@ func (in *interp) resource(stmts []*stmt) error {
 		case "net":
 			in.r.pos["net"] = s.words[0].pos
 			if err := in.section("net", s.body, in.netSettings(), netKeys); err != nil {
+				return err
+			}
+		case "failover":
+			in.r.pos["failover"] = s.words[0].pos
+			if err := in.section("failover", s.body, in.failoverSettings(), failoverKeys); err != nil {
 				return err
 			}
 		case "node", "witness":
@@ -535,12 +543,45 @@ func (in *interp) netSettings() map[string]setter {
 	}
 }
 
+func (in *interp) failoverSettings() map[string]setter {
+	f := &in.r.Failover
+	count := func(dst *int) setter {
+		return func(v string) (err error) {
+			if *dst, err = strconv.Atoi(v); err != nil || *dst < 1 {
+				return fmt.Errorf("%q is not a count (1 or more)", v)
+			}
+			return nil
+		}
+	}
+	return map[string]setter{
+		"heartbeat-interval": durationSetter(&f.HeartbeatInterval),
+		"heartbeat-timeout":  durationSetter(&f.HeartbeatTimeout),
+		"vote-timeout":       durationSetter(&f.VoteTimeout),
+		"auto-failback": func(v string) error {
+			if v == "none" {
+				v = ""
+			}
+			f.AutoFailback = v
+			return nil
+		},
+		"failback-settle":            durationSetter(&f.FailbackSettle),
+		"probe-interval":             durationSetter(&f.ProbeInterval),
+		"probe-timeout":              durationSetter(&f.ProbeTimeout),
+		"suspicion-mult":             count(&f.SuspicionMult),
+		"suspicion-max-timeout-mult": count(&f.SuspicionMaxTimeoutMult),
+		"gossip-interval":            durationSetter(&f.GossipInterval),
+		"reconnect-interval":         durationSetter(&f.ReconnectInterval),
+	}
+}
+
 func nodeSettings(n *Node) map[string]setter {
 	return map[string]setter{
 		"address":  func(v string) error { n.Address = v; return nil },
 		"backing":  func(v string) error { n.Backing = v; return nil },
 		"meta-dir": func(v string) error { n.MetaDir = v; return nil },
 		"admin":    func(v string) error { n.Admin = v; return nil },
+		"gossip":   func(v string) error { n.Gossip = v; return nil },
+		"control":  func(v string) error { n.Control = v; return nil },
 	}
 }
 

@@ -33,6 +33,7 @@ func (r *Resource) Validate() error {
 	v.resource()
 	v.iscsi()
 	v.net()
+	v.failover()
 	v.nodes()
 	slices.SortStableFunc(v.errs, func(a, b *Error) int {
 		if (a.Line == 0) != (b.Line == 0) {
@@ -174,6 +175,47 @@ func (v *validator) net() {
 	}
 }
 
+func (v *validator) failover() {
+	f := v.r.Failover
+	for _, d := range []struct {
+		field string
+		val   time.Duration
+	}{
+		{"failover.heartbeat-interval", f.HeartbeatInterval}, {"failover.heartbeat-timeout", f.HeartbeatTimeout},
+		{"failover.vote-timeout", f.VoteTimeout}, {"failover.failback-settle", f.FailbackSettle},
+		{"failover.probe-interval", f.ProbeInterval}, {"failover.probe-timeout", f.ProbeTimeout},
+		{"failover.gossip-interval", f.GossipInterval}, {"failover.reconnect-interval", f.ReconnectInterval},
+	} {
+		if d.val <= 0 {
+			v.errf(d.field, "%v: must be positive", d.val)
+		}
+	}
+	if f.HeartbeatInterval > 0 && f.HeartbeatTimeout < 3*f.HeartbeatInterval {
+		v.errf("failover.heartbeat-timeout", "%v must be at least 3 x failover.heartbeat-interval %v%s, so that one or two lost heartbeats do not look like a dead node",
+			f.HeartbeatTimeout, f.HeartbeatInterval, v.also("failover.heartbeat-interval"))
+	}
+	if f.HeartbeatTimeout > 0 && f.VoteTimeout <= f.HeartbeatTimeout {
+		v.errf("failover.vote-timeout", "%v must exceed failover.heartbeat-timeout %v%s: a voter may wait that long to confirm the Primary is silent",
+			f.VoteTimeout, f.HeartbeatTimeout, v.also("failover.heartbeat-timeout"))
+	}
+	if f.ProbeTimeout > 0 && f.ProbeTimeout >= f.ProbeInterval {
+		v.errf("failover.probe-timeout", "%v must be less than failover.probe-interval %v%s", f.ProbeTimeout, f.ProbeInterval, v.also("failover.probe-interval"))
+	}
+	if f.SuspicionMult < 1 {
+		v.errf("failover.suspicion-mult", "%d: must be 1 or more", f.SuspicionMult)
+	}
+	if f.SuspicionMaxTimeoutMult < 1 {
+		v.errf("failover.suspicion-max-timeout-mult", "%d: must be 1 or more", f.SuspicionMaxTimeoutMult)
+	}
+	if f.AutoFailback != "" && !slices.ContainsFunc(v.r.Nodes, func(nd Node) bool { return nd.Name == f.AutoFailback }) {
+		var disk []string
+		for _, nd := range v.r.Nodes {
+			disk = append(disk, nd.Name)
+		}
+		v.errf("failover.auto-failback", "%q names no disk node; want none or one of %s", f.AutoFailback, strings.Join(disk, ", "))
+	}
+}
+
 func badChoice(got string, allowed []string) string {
 	msg := fmt.Sprintf("%q is not one of %s", got, strings.Join(allowed, ", "))
 	if d := suggest(got, allowed); d != "" {
@@ -231,6 +273,30 @@ func (v *validator) nodes() {
 				dupAddr = true // same host: the path checks would only repeat this
 			} else {
 				addrs[key] = m.id + ".address"
+			}
+		}
+		if !dupAddr && n.Address != "" && checkHostPort(n.Address, false) == nil {
+			for _, a := range []struct{ key, val string }{{"gossip", n.GossipAddress()}, {"control", n.ControlAddress()}} {
+				field := m.id + "." + a.key
+				if a.val == "" {
+					v.errf(field, "cannot derive it from address %s (port + %d is above 65535); set it", n.Address, map[string]int{"gossip": 1, "control": 2}[a.key])
+					continue
+				}
+				if err := checkHostPort(a.val, false); err != nil {
+					v.errf(field, "%v", err)
+					continue
+				}
+				host, port, _ := net.SplitHostPort(a.val)
+				key := strings.ToLower(host) + " " + port
+				if first, dup := addrs[key]; dup {
+					what := a.val
+					if _, set := v.r.pos[field]; !set {
+						what += " (the default: address port + " + map[string]string{"gossip": "1", "control": "2"}[a.key] + "; set " + a.key + ")"
+					}
+					v.errf(field, "%s is also %s%s", what, first, v.also(first))
+				} else {
+					addrs[key] = field
+				}
 			}
 		}
 		if !strings.HasPrefix(m.id, "witness") && n.Backing == "" {

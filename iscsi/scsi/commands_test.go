@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+
+	"github.com/hablock/hablock/blockdev"
 )
 
 const testSize = 8 << 20 // 16384 blocks of 512
@@ -477,4 +479,25 @@ func TestDescriptorSense(t *testing.T) {
 	if len(r.Sense) < 20 || r.Sense[8] != 0x00 || r.Sense[10]&0x80 == 0 || binary.BigEndian.Uint64(r.Sense[12:]) != 0 {
 		t.Fatalf("no information descriptor: % x", r.Sense)
 	}
+}
+
+// A device that abandons a request (a demoted node in a failover) makes
+// the command go unanswered: Aborted, no status, no sense; reads and
+// flushes alike. The LU keeps working for the next command.
+func TestAbandonedIOSendsNoResponse(t *testing.T) {
+	dev := blockdev.NewFaulty(blockdev.NewMemory(1 << 20))
+	h := newHarnessDev(t, dev, 512, nil)
+	f := dev.Inject(blockdev.Rule{Err: blockdev.ErrAbandoned})
+	for _, cmd := range []*Command{
+		h.out(nexA, cdbWrite10(0, 1), make([]byte, 512)),
+		h.in(nexA, cdbRead10(0, 1), 512),
+		h.in(nexA, []byte{opSyncCache10, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0),
+	} {
+		r := h.do(cmd)
+		if !r.Aborted || r.Status != StatusGood || r.Sense != nil {
+			t.Fatalf("cdb % x: response %+v, want Aborted with no status", cmd.CDB, r)
+		}
+	}
+	f.Remove()
+	h.expectGood(h.do(h.out(nexA, cdbWrite10(0, 1), make([]byte, 512))))
 }

@@ -223,6 +223,11 @@ func (l *lu) execute(tk *task) *Response {
 		return conflictResponse(cmd)
 	}
 	resp, se := l.dispatch(tk, c)
+	if se == errAbandoned {
+		// The device gave the command up (a demoted node): no answer at
+		// all, so the initiator retries it where the volume moved.
+		return &Response{Aborted: true}
+	}
 	if se != nil {
 		return l.checkCondition(cmd, se)
 	}

@@ -120,6 +120,11 @@ func errMiscompare(offset uint64) *SenseError {
 
 // senseForIOError maps a blockdev error to sense data. It is the one place
 // where the volume's sentinel errors become SCSI outcomes.
+// errAbandoned is what senseForIOError returns for blockdev.ErrAbandoned:
+// not sense data to send but the instruction to send nothing (execute
+// turns it into an Aborted response, which the transport drops).
+var errAbandoned = &SenseError{Key: KeyAbortedCommand}
+
 func senseForIOError(err error, write bool) *SenseError {
 	var se *SenseError
 	switch {
@@ -127,6 +132,8 @@ func senseForIOError(err error, write bool) *SenseError {
 		return nil
 	case errors.As(err, &se):
 		return se
+	case errors.Is(err, blockdev.ErrAbandoned):
+		return errAbandoned
 	case errors.Is(err, blockdev.ErrOutOfRange):
 		return errLBAOutOfRange()
 	case errors.Is(err, blockdev.ErrReadOnly):
