@@ -276,9 +276,11 @@ func (r *Rig) removeStaleMounts(ctx context.Context) {
 	}
 }
 
-// ResourceFile returns the resource file every node reads. The failover
-// section and the witness's settings go here as the agent learns them;
-// Options.ExtraConfig is added inside the resource section.
+// ResourceFile returns the resource file every node reads: both disk
+// nodes and, with TakeoverAuto, the witness (gossip and control addresses
+// take their defaults, the node address's port + 1 and + 2); a failover
+// { ... } section or any other setting goes in Options.ExtraConfig, added
+// inside the resource section.
 func (r *Rig) ResourceFile() string {
 	d := r.opts.Dir
 	node := func(n string) string {
@@ -287,6 +289,12 @@ func (r *Rig) ResourceFile() string {
 			s += fmt.Sprintf(" ; backing %s/%s.img", d, n)
 		}
 		return s
+	}
+	// A witness turns the agents' automatic failover on (and then they
+	// refuse a manual demotion), so only TakeoverAuto has one.
+	witness := ""
+	if r.opts.Takeover == TakeoverAuto {
+		witness = "    witness w { " + node(W) + " }\n"
 	}
 	return fmt.Sprintf(`# written by failover/rig
 resource r0 {
@@ -301,11 +309,10 @@ resource r0 {
     }
     node n1 { %s }
     node n2 { %s }
-    witness w { %s }
-%s
+%s%s
 }
 `, r.opts.VolumeSize, iqn, VIPCIDR, ifName, r.opts.PingInterval, r.opts.PingTimeout,
-		node(N1), node(N2), node(W), r.opts.ExtraConfig)
+		node(N1), node(N2), witness, r.opts.ExtraConfig)
 }
 
 const iqn = "iqn.2026-11.io.hablock:r0"

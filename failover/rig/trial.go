@@ -224,7 +224,7 @@ func (r *Rig) Revive(ctx context.Context, host string) (time.Duration, uint64, e
 				return 0, 0, fmt.Errorf("hablock secondary on the returning %s: %w", host, err)
 			}
 		}
-		if _, err := r.admins[host].Connect(ctx); err != nil {
+		if _, err := r.admins[host].Connect(ctx, false); err != nil {
 			return 0, 0, fmt.Errorf("hablock connect on the returning %s: %w", host, err)
 		}
 	} else {
