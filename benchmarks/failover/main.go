@@ -57,6 +57,10 @@ A failover trial
     promote    -> its role is Primary
     vip        -> the VIP is on its eth0
     reconnect  -> the writer's first completed write after that
+    (with --takeover auto the breakdown comes from the new Primary's log:
+    detect = its first failover decision, promote = quorum vote + engine +
+    target until "promoted by failover", vip = that line's vip timing,
+    reconnect = from that line to the first completed write)
     resync     agent restart -> both in sync (and the bytes resynced)
 A switchover trial: pgbench runs 8 s; after 3 s the role moves to the other
 node (manual: 'hablock secondary' on the Primary, VIP moved, 'hablock

@@ -28,11 +28,16 @@ type Trial struct {
 	// two consecutive completed write+fsync calls of the writer on the
 	// ext4 mount, around the kill (or the switchover).
 	Stall time.Duration
-	// The breakdown, from the rig's polls (every 10 ms) of the survivor's
-	// admin status and eth0: Detect from the kill until the survivor's
-	// link reports the peer lost; Promote until its role is Primary; VIP
-	// until the VIP is on its eth0; Reconnect until the writer's first
-	// completed write after that. Zero for switchovers except Reconnect.
+	// The breakdown. TakeoverManual: from the rig's polls (every 10 ms)
+	// of the survivor's admin status and eth0: Detect from the kill until
+	// the survivor's link reports the peer lost; Promote until its role
+	// is Primary; VIP until the VIP is on its eth0; Reconnect until the
+	// writer's first completed write after that. TakeoverAuto: from the
+	// new Primary's log: Detect until its first failover decision,
+	// Promote until "promoted by failover" less the VIP part (quorum vote,
+	// engine, target), VIP that line's vip timing, Reconnect from that
+	// line to the writer's first completed write. Switchovers fill only
+	// VIPMove (the whole role move) and Reconnect.
 	Detect, Promote, VIPMove, Reconnect time.Duration
 
 	HTTPFailures  int           // failed polls (error or > 5 s) during the trial
@@ -326,6 +331,17 @@ func (r *Rig) Failover(ctx context.Context) (Trial, error) {
 	t.Stall = r.maxGap(kill.Add(-2*time.Second), resumed)
 	t.Detect, t.Promote, t.VIPMove = detected.Sub(kill), promoted.Sub(detected), vip.Sub(promoted)
 	t.Reconnect = max(0, resumed.Sub(vip))
+	if r.opts.Takeover == TakeoverAuto {
+		// The agent logs its own timings, finer than the rig's polls.
+		if b, err := os.ReadFile(filepath.Join(r.opts.Dir, to+".log")); err == nil {
+			if lb, ok := takeoverFromLog(string(b), kill); ok {
+				t.Detect, t.Promote, t.VIPMove = lb.decided.Sub(kill), lb.promoted.Sub(lb.decided)-lb.vip, lb.vip
+				if end, ok := r.firstWriteAfter(lb.promoted); ok {
+					t.Reconnect = end.Sub(lb.promoted)
+				}
+			}
+		}
+	}
 	r.logf("failover %s->%s: stall %v (detect %v, promote %v, vip %v, reconnect %v)", from, to,
 		t.Stall.Round(time.Millisecond), t.Detect.Round(time.Millisecond), t.Promote.Round(time.Millisecond),
 		t.VIPMove.Round(time.Millisecond), t.Reconnect.Round(time.Millisecond))
@@ -337,6 +353,48 @@ func (r *Rig) Failover(ctx context.Context) (Trial, error) {
 	r.logf("failover %s->%s: %s back and in sync after %v (%d KiB resynced); pgbench %d committed, %d failed, %d aborted; HTTP failures %d",
 		from, to, from, t.Resync.Round(time.Millisecond), t.ResyncedBytes>>10, t.PGCommitted, t.PGFailed, t.PGAborted, t.HTTPFailures)
 	return t, nil
+}
+
+// logBreakdown is a takeover as the new Primary's agent logged it.
+type logBreakdown struct {
+	decided  time.Time     // its first failover decision after the kill
+	promoted time.Time     // "promoted by failover": target up, VIP added
+	vip      time.Duration // the VIP add and announcement, from that line
+}
+
+var (
+	reLogTime = regexp.MustCompile(`^time=(\S+) `)
+	reLogVIP  = regexp.MustCompile(` vip=(\S+)`)
+)
+
+// takeoverFromLog finds, in an agent's text log, the first failover
+// decision and the first "promoted by failover" line after since.
+func takeoverFromLog(log string, since time.Time) (logBreakdown, bool) {
+	var lb logBreakdown
+	for _, line := range strings.Split(log, "\n") {
+		m := reLogTime.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		at, err := time.Parse(time.RFC3339Nano, m[1])
+		if err != nil || at.Before(since) {
+			continue
+		}
+		switch {
+		case lb.decided.IsZero() && strings.Contains(line, `msg="failover decision"`):
+			lb.decided = at
+		case strings.Contains(line, `msg="promoted by failover"`):
+			if v := reLogVIP.FindStringSubmatch(line); v != nil {
+				lb.vip, _ = time.ParseDuration(v[1])
+			}
+			lb.promoted = at
+			if lb.decided.IsZero() || lb.decided.After(at) {
+				lb.decided = at
+			}
+			return lb, true
+		}
+	}
+	return lb, false
 }
 
 // Switchover runs one planned switchover under pgbench load.

@@ -94,3 +94,29 @@ func TestLostSideWrites(t *testing.T) {
 	}
 	t.Log(lost[0])
 }
+
+func TestTakeoverFromLog(t *testing.T) {
+	// Lines from an agent's log in a rig run (auto takeover).
+	const log = `time=2026-11-22T08:01:05.100Z level=INFO msg="failover decision" node=n2 action=none epoch=2 primary=n1
+time=2026-11-22T08:01:06.823Z level=INFO msg="failover decision" node=n2 action=drop-link reason="the primary is silent for heartbeat-timeout but the replication link looks up: drop it (then take over)" epoch=2 primary=n1
+time=2026-11-22T08:01:06.875Z level=INFO msg="proposal agreed" node=n2 record="{epoch 3 primary \"n2\" up-to-date n2}" by=w
+time=2026-11-22T08:01:06.880Z level=INFO msg="promoted by failover" node=n2 epoch=3 peer_outdated=true engine=2.966611ms target=223.462µs vip=1.217771ms tickled=1 total=4.923341ms
+`
+	kill, _ := time.Parse(time.RFC3339Nano, "2026-11-22T08:01:06.500Z")
+	lb, ok := takeoverFromLog(log, kill)
+	if !ok {
+		t.Fatal("no takeover found")
+	}
+	if got := lb.decided.Sub(kill); got != 323*time.Millisecond {
+		t.Errorf("decided %v after the kill, want 323ms (the decision before the kill is ignored)", got)
+	}
+	if got := lb.promoted.Sub(lb.decided); got != 57*time.Millisecond {
+		t.Errorf("promoted %v after the decision, want 57ms", got)
+	}
+	if lb.vip != 1217771*time.Nanosecond {
+		t.Errorf("vip = %v, want 1.217771ms", lb.vip)
+	}
+	if _, ok := takeoverFromLog(log, kill.Add(time.Second)); ok {
+		t.Error("found a takeover after the last line")
+	}
+}
