@@ -88,14 +88,16 @@ I/O error on the client's loop device; both agents stop once in sync; the
 backing files must be identical and e2fsck -fn clean.
 
 --takeover
-  manual  the rig stands in for the failover manager: it promotes the
-          survivor through its admin socket once its replication link has
+  auto    (the default) the agents fail over by themselves (serf, witness
+          quorum, VIP, tickle ACKs); the rig only kills, observes and
+          revives.
+  manual  the baseline: the rig stands in for the failover manager: it
+          promotes the survivor through its admin socket once its link has
           noticed the loss (net ping-interval + ping-timeout), adds the VIP
           with 'ip addr' and announces it with 'arping -U'; with --tickle
           it then sends tickle ACKs to the clients the dead Primary served
-          (read from it just before the kill).
-  auto    the agents fail over by themselves (needs the failover manager);
-          the rig only kills, observes and revives.
+          (read from it just before the kill). The resource file has no
+          witness then (a witness turns the agents' failover on).
 
 The report (Markdown) goes to stdout and is appended, dated, to --markdown.
 
@@ -138,14 +140,14 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	fs.IntVar(&o.trials, "trials", 20, "unplanned failovers (the Primary alternates)")
 	fs.IntVar(&o.switchovers, "switchovers", 20, "planned switchovers after the failovers")
-	fs.StringVar(&o.takeover, "takeover", "manual", "who promotes the survivor: manual (the rig) or auto (the agents)")
+	fs.StringVar(&o.takeover, "takeover", "auto", "who promotes the survivor: auto (the agents) or manual (the rig)")
 	fs.StringVar(&o.markdown, "markdown", "benchmarks/RESULTS.md", "append the report to this `file` (empty: stdout only)")
 	fs.StringVar(&o.prefix, "prefix", "rg", "prefix of the namespaces and of /tmp/PREFIX-PID")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, images) after a successful run")
 	fs.DurationVar(&o.pingInterval, "ping-interval", 500*time.Millisecond, "replication link net.ping-interval")
 	fs.DurationVar(&o.pingTimeout, "ping-timeout", 250*time.Millisecond, "replication link net.ping-timeout")
 	fs.Int64Var(&o.size, "size", 512<<20, "volume size in `bytes`")
-	fs.BoolVar(&o.tickle, "tickle", false, "manual takeover: also send tickle ACKs to the clients the dead Primary served (read from it just before the kill), as the automatic takeover will")
+	fs.BoolVar(&o.tickle, "tickle", false, "manual takeover: also send tickle ACKs to the clients the dead Primary served (read from it just before the kill), as the automatic takeover does")
 	fs.StringSliceVar(&o.partitions, "partitions", nil, "partition scenarios to run after the switchovers, comma-separated: cut-n1-n2, cut-primary, cut-witness, flap-primary, or all")
 	fs.DurationVar(&o.hold, "partition-hold", 10*time.Second, "how long each cut lasts (flap-primary: how long the link flaps; the issue says 1m)")
 	if err := fs.Parse(args); err != nil {
@@ -311,8 +313,12 @@ func report(o options, tk rig.Takeover, began, ended time.Time, fo, so []rig.Tri
 		"Run %s to %s on %s (%d CPUs, %s).\n\n",
 		o.trials, o.switchovers, tk, pflags, o.pingInterval, o.pingTimeout, o.size>>20,
 		began.UTC().Format("15:04:05Z"), ended.UTC().Format("15:04:05Z"), host, runtime.NumCPU(), runtime.Version())
+	if tk == rig.TakeoverAuto {
+		b.WriteString("**Takeover path: automatic.** The agents (n1, n2 and the witness w) detected the failure, voted and " +
+			"took over by themselves; the rig only killed, observed and revived. The breakdown comes from the new Primary's log.\n\n")
+	}
 	if tk == rig.TakeoverManual {
-		b.WriteString("**Takeover path: manual.** The agents do not fail over by themselves yet; the rig promoted the survivor " +
+		b.WriteString("**Takeover path: manual (the baseline).** The rig, not the agents, promoted the survivor " +
 			"through its admin socket as soon as its replication link reported the peer lost, moved the VIP with `ip addr` and " +
 			"announced it with `arping -U`. ")
 		if o.tickle {

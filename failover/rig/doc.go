@@ -49,15 +49,16 @@
 //
 // # Takeover
 //
-// Options.Takeover selects who moves the Primary role. TakeoverManual (the
-// default until the agent fails over by itself): the rig polls the
-// survivor's admin status every 10 ms until its replication link reports
-// the peer lost (the link's ping-interval + ping-timeout is then the
-// failure detector), promotes it through the admin socket (`hablock
-// primary`), adds the VIP with `ip addr` and sends a gratuitous ARP with
-// `arping -U`. TakeoverAuto: the agents (with the witness running) do all
-// of it; the rig only kills, observes and revives, and switchovers run
-// `hablock switchover`.
+// Options.Takeover selects who moves the Primary role. TakeoverAuto (the
+// default): the agents (with the witness running) do all of it; the rig
+// only kills, observes and revives, switchovers run `hablock switchover`,
+// and a failover's breakdown is read from the new Primary's log.
+// TakeoverManual, the baseline: the rig polls the survivor's admin status
+// every 10 ms until its replication link reports the peer lost (the
+// link's ping-interval + ping-timeout is then the failure detector),
+// promotes it through the admin socket (`hablock primary`), adds the VIP
+// with `ip addr` and sends a gratuitous ARP with `arping -U` (and, with
+// Options.Tickle, tickle ACKs to the clients the dead Primary served).
 //
 // Every trial's numbers say which path measured them (Trial.Takeover).
 package rig

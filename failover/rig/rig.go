@@ -29,17 +29,19 @@ import (
 type Takeover int
 
 const (
-	// TakeoverManual: the rig itself does what the failover manager will:
-	// it waits until the survivor's replication link reports the peer
-	// lost, promotes it through its admin socket (`hablock primary`),
-	// adds the VIP to its eth0 with `ip addr` and announces it with
-	// `arping -U`. A switchover demotes the old primary first
+	// TakeoverAuto (the default): the agents' failover manager, with the
+	// witness agent running, does everything; the rig only kills,
+	// observes and revives. Switchovers run `hablock switchover`.
+	TakeoverAuto Takeover = iota
+	// TakeoverManual: the rig itself does what the failover manager
+	// does: it waits until the survivor's replication link reports the
+	// peer lost, promotes it through its admin socket (`hablock
+	// primary`), adds the VIP to its eth0 with `ip addr` and announces it
+	// with `arping -U`. A switchover demotes the old primary first
 	// (`hablock secondary`), then moves the VIP and promotes the other.
-	TakeoverManual Takeover = iota
-	// TakeoverAuto: the agents' failover manager (with the witness
-	// agent running) does everything; the rig only kills, observes and
-	// restarts. Switchovers run `hablock switchover`.
-	TakeoverAuto
+	// The resource file then has no witness (a witness turns the agents'
+	// automatic failover on). The baseline the automatic path replaced.
+	TakeoverManual
 )
 
 func (t Takeover) String() string {
@@ -63,8 +65,7 @@ func ParseTakeover(s string) (Takeover, error) {
 // Options configure a Rig. Zero values mean the defaults documented on
 // each field.
 type Options struct {
-	// Takeover: who promotes the survivor. Default TakeoverManual
-	// (automatic failover is not in the agent yet).
+	// Takeover: who promotes the survivor. Default TakeoverAuto.
 	Takeover Takeover
 	// Prefix of every namespace, temporary directory and process name.
 	// Default "rg". Two rigs with one prefix cannot run at once (a lock
@@ -90,7 +91,7 @@ type Options struct {
 	// the Primary's established iSCSI connections (what the Primary
 	// shares with its peer), and after moving the VIP it sends each
 	// client a tickle ACK from the survivor (failover.Tickler), as the
-	// automatic takeover will. Default false: the manual path as an
+	// automatic takeover does. Default false: the manual path as an
 	// operator would run it, where the client notices the new Primary
 	// only when its own TCP retransmission reaches it.
 	Tickle bool

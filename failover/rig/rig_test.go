@@ -14,11 +14,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestFailoverRig is the short default run of the end-to-end rig: two
-// unplanned failovers (n1 dies, then n2) and one planned switchover with
+// TestFailoverRig is the short default run of the end-to-end rig with the
+// agents' automatic failover: two unplanned failovers (n1 dies, then n2),
+// one planned switchover and one partition (n1-n2 cut for 5 s) with
 // PostgreSQL under pgbench, the HTTP poller and the fsync writer on ext4
 // over the LUN, then the end-of-run checks. The full run is
-// `go run ./benchmarks/failover`.
+// `go run ./benchmarks/failover`. The environment varies it:
+// HABLOCK_RIG_TAKEOVER=manual (the baseline path), HABLOCK_RIG_FAILOVERS=N,
+// HABLOCK_RIG_SWITCHOVERS=N, HABLOCK_RIG_PARTITIONS=all|none|KIND,...,
+// HABLOCK_RIG_KEEP=1 (keep the logs in /tmp/rg-PID).
 func TestFailoverRig(t *testing.T) {
 	if miss := Requirements(); len(miss) > 0 {
 		t.Skip("the failover rig needs: " + strings.Join(miss, "; "))
@@ -26,7 +30,7 @@ func TestFailoverRig(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the failover rig takes about two minutes: skipped with -short")
 	}
-	takeover := TakeoverManual
+	takeover := TakeoverAuto
 	if s := os.Getenv("HABLOCK_RIG_TAKEOVER"); s != "" {
 		var err error
 		if takeover, err = ParseTakeover(s); err != nil {
