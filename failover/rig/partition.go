@@ -205,7 +205,7 @@ func (r *Rig) Partition(ctx context.Context, kind PartitionKind, hold time.Durat
 	if err != nil {
 		return res, fmt.Errorf("partition %s: client I/O did not resume after the heal: %w", kind, err)
 	}
-	res.ClientStall = r.maxGap(cutAt.Add(-time.Second), resumed)
+	res.ClientStall = r.maxGap(cutAt, resumed)
 	res.Stall = res.ClientStall
 	pg.finish(&res.Trial, filepath.Join(r.opts.Dir, "pgbench.log"))
 	r.clientEvents(&res.Trial, res.Start, time.Now())

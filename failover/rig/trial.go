@@ -24,9 +24,10 @@ type Trial struct {
 	From, To string // the Primary before and after
 	Start    time.Time
 
-	// Stall is the client-visible I/O stall: the longest gap between
-	// two consecutive completed write+fsync calls of the writer on the
-	// ext4 mount, around the kill (or the switchover).
+	// Stall is the client-visible I/O stall: from the writer's last
+	// completed write+fsync on the ext4 mount before the kill (or the
+	// switchover) to its first completed one after; or a longer gap
+	// between two later completions before I/O had fully resumed.
 	Stall time.Duration
 	// The breakdown. TakeoverManual: from the rig's polls (every 10 ms)
 	// of the survivor's admin status and eth0: Detect from the kill until
@@ -168,8 +169,10 @@ func (r *Rig) firstWriteAfter(at time.Time) (time.Time, bool) {
 	return time.Unix(0, r.writes[i]), true
 }
 
-// maxGap is the longest gap between consecutive write completions in
-// [from, to].
+// maxGap is the longest gap between consecutive write completions that
+// ends in [from, to]: with from the kill, the first such gap runs from
+// the last completion before the kill to the first one after it (the
+// issue's stall); later ones catch a second stall before to.
 func (r *Rig) maxGap(from, to time.Time) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -328,7 +331,7 @@ func (r *Rig) Failover(ctx context.Context) (Trial, error) {
 	if err != nil {
 		return t, fmt.Errorf("failover from %s to %s: I/O did not resume: %w", from, to, err)
 	}
-	t.Stall = r.maxGap(kill.Add(-2*time.Second), resumed)
+	t.Stall = r.maxGap(kill, resumed)
 	t.Detect, t.Promote, t.VIPMove = detected.Sub(kill), promoted.Sub(detected), vip.Sub(promoted)
 	t.Reconnect = max(0, resumed.Sub(vip))
 	if r.opts.Takeover == TakeoverAuto {
@@ -438,7 +441,7 @@ func (r *Rig) Switchover(ctx context.Context) (Trial, error) {
 	if err != nil {
 		return t, fmt.Errorf("switchover %s->%s: I/O did not resume: %w", from, to, err)
 	}
-	t.Stall = r.maxGap(begin.Add(-time.Second), resumed)
+	t.Stall = r.maxGap(begin, resumed)
 	t.VIPMove = done.Sub(begin)
 	t.Reconnect = max(0, resumed.Sub(done))
 	pg.finish(&t, filepath.Join(r.opts.Dir, "pgbench.log"))
