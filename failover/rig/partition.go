@@ -128,6 +128,9 @@ type PartitionResult struct {
 // toggles the Primary's link every second for hold), heals it, and waits
 // until exactly one Primary and both disks are UpToDate.
 func (r *Rig) Partition(ctx context.Context, kind PartitionKind, hold time.Duration) (PartitionResult, error) {
+	if err := r.waitInSync(ctx, 30*time.Second); err != nil {
+		return PartitionResult{Kind: kind}, fmt.Errorf("before the scenario: %w", err)
+	}
 	res := PartitionResult{Kind: kind, Takeover: r.opts.Takeover, Start: time.Now(), Acks: map[string]int{}}
 	res.Trial = Trial{Kind: string(kind), Takeover: r.opts.Takeover, From: r.primary, Start: res.Start}
 	sides := []*sideWriter{r.startSideWriter(N1), r.startSideWriter(N2)}

@@ -262,6 +262,11 @@ func (r *Rig) Revive(ctx context.Context, host string) (time.Duration, uint64, e
 // says), the rig waits for the writer's I/O to resume and for pgbench to
 // end, then revives the dead node and waits for the resync.
 func (r *Rig) Failover(ctx context.Context) (Trial, error) {
+	// A trial starts from one Primary with both disks in sync (which also
+	// tells the rig which node is Primary: the agents may have moved it).
+	if err := r.waitInSync(ctx, 30*time.Second); err != nil {
+		return Trial{Kind: "failover"}, fmt.Errorf("before the trial: %w", err)
+	}
 	from := r.primary
 	to := other(from)
 	t := Trial{Kind: "failover", Takeover: r.opts.Takeover, From: from, To: to, Start: time.Now()}
@@ -404,6 +409,9 @@ func takeoverFromLog(log string, since time.Time) (logBreakdown, bool) {
 // TakeoverManual: `hablock secondary` on the Primary, the VIP moved, then
 // `hablock primary` on the other. TakeoverAuto: `hablock switchover`.
 func (r *Rig) Switchover(ctx context.Context) (Trial, error) {
+	if err := r.waitInSync(ctx, 30*time.Second); err != nil {
+		return Trial{Kind: "switchover"}, fmt.Errorf("before the trial: %w", err)
+	}
 	from := r.primary
 	to := other(from)
 	t := Trial{Kind: "switchover", Takeover: r.opts.Takeover, From: from, To: to, Start: time.Now()}
