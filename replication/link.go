@@ -1263,12 +1263,18 @@ func uuidString(b [16]byte) string {
 // ---- reconnecting ----
 
 // Dialer returns a connect function for Run that dials addr over TCP.
+//
+// A dial gives up after dialTimeout: a peer whose host is down drops the
+// SYN, and the kernel's own retransmissions (1 s, 3 s, 7 s ...) would
+// hold the attempt, and the resync of a revived peer, for seconds.
 func Dialer(addr string) func(context.Context) (net.Conn, error) {
 	return func(ctx context.Context) (net.Conn, error) {
-		var d net.Dialer
+		d := net.Dialer{Timeout: dialTimeout}
 		return d.DialContext(ctx, "tcp", addr)
 	}
 }
+
+const dialTimeout = 1500 * time.Millisecond
 
 // Acceptor returns a connect function for Run that accepts the next
 // connection on ln; ctx cancellation interrupts the Accept.

@@ -249,9 +249,14 @@ type agent struct {
 	// while StandAlone (accepting side only); nil when not running.
 	refuseCancel context.CancelFunc
 	refuseDone   chan struct{}
-	exp          *exporter
-	vip          *failover.VIP     // nil without iscsi.vip
-	tickler      *failover.Tickler // nil without iscsi.vip
+	// operatorDisconnected: `hablock disconnect` is in effect (cleared by
+	// connect); runEnded: when the connection loop last gave up;
+	// lastKick: when reviveLink last restarted it.
+	operatorDisconnected bool
+	runEnded, lastKick   time.Time
+	exp                  *exporter
+	vip                  *failover.VIP     // nil without iscsi.vip
+	tickler              *failover.Tickler // nil without iscsi.vip
 	// mgr is the failover manager: nil without a witness (manual
 	// failover). Set once before the peer link starts; read by engine
 	// hooks on their own goroutines.
@@ -575,6 +580,7 @@ func (a *agent) watch() {
 		case <-t.C:
 		}
 		a.sync()
+		a.reviveLink()
 	}
 }
 
@@ -647,6 +653,9 @@ func (a *agent) Status(context.Context) admin.Status {
 func (a *agent) Connect(_ context.Context, discardMyData bool) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
+	a.mu.Lock()
+	a.operatorDisconnected = false
+	a.mu.Unlock()
 	v := a.volume()
 	if discardMyData {
 		s := v.Status()
@@ -733,6 +742,7 @@ func (a *agent) startRunLocked() {
 		a.mu.Lock()
 		if a.runDone == done {
 			a.runCancel, a.runDone = nil, nil
+			a.runEnded = time.Now()
 			if ctx.Err() == nil && err != nil {
 				a.startRefusingLocked(v, err.Error())
 			}
@@ -782,6 +792,9 @@ func (a *agent) Disconnect(context.Context) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	a.stopRunLocked()
+	a.mu.Lock()
+	a.operatorDisconnected = true
+	a.mu.Unlock()
 	return nil
 }
 

@@ -381,3 +381,56 @@ func (a *agent) DropLink(reason string) {
 		a.startRunLocked()
 	}
 }
+
+// reviveLink keeps the replication link of a resource with automatic
+// failover trying, from the watch loop:
+//   - a connection loop that gave up on its own (a split brain after a
+//     false takeover, a StandAlone peer) is restarted every few seconds
+//     unless an operator disconnected: the quorum record says which side
+//     is Primary, and the replaced side reconnects with discard-my-data,
+//     so the next handshake resolves it;
+//   - a loop sleeping in its reconnect backoff (up to
+//     net.connect-retry-max) is restarted as soon as the peer is heard on
+//     the control channel again, so a revived node resyncs at once.
+func (a *agent) reviveLink() {
+	m := a.mgr.Load()
+	if m == nil || !a.opMu.TryLock() {
+		return
+	}
+	defer a.opMu.Unlock()
+	a.mu.Lock()
+	running, manual, ended, kicked := a.runCancel != nil, a.operatorDisconnected, a.runEnded, a.lastKick
+	a.mu.Unlock()
+	const every = 2 * time.Second
+	now := time.Now()
+	switch {
+	case manual || now.Sub(kicked) < every:
+		return
+	case !running:
+		if now.Sub(ended) < every {
+			return
+		}
+		a.log.Info("restarting the peer link (automatic failover keeps it trying)", "peer", a.peer.Name)
+	default:
+		if a.volume().Status().Conn != replication.Unconnected || !peerHeard(m.Status(), a.peer.Name) {
+			return
+		}
+		a.log.Info("peer heard again while the link waits to reconnect: reconnecting now", "peer", a.peer.Name)
+		a.stopRunLocked()
+	}
+	a.mu.Lock()
+	a.lastKick = now
+	a.mu.Unlock()
+	a.startRunLocked()
+}
+
+// peerHeard reports whether st shows a heartbeat from name within the
+// last second.
+func peerHeard(st failover.Status, name string) bool {
+	for _, mem := range st.Members {
+		if mem.Name == name {
+			return mem.HeartbeatAgeMS >= 0 && mem.HeartbeatAgeMS < 1000
+		}
+	}
+	return false
+}
