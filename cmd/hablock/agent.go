@@ -178,11 +178,6 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 
-	if a.startRole == replication.RolePrimary {
-		if err := a.startExport(); err != nil {
-			return err
-		}
-	}
 	if !noConnect {
 		a.Connect(context.Background(), false)
 	}
@@ -218,7 +213,6 @@ type agent struct {
 	dev        *blockdev.File
 	rcfg       replication.Config
 	epoch      uint64
-	startRole  replication.Role // always RoleSecondary (see openAgent)
 	// crashPending: this node crashed as Primary and has not connected
 	// since; the crashed-primary flag stays persisted until it has (the
 	// handshake's decision needs it, DRBD rule 40), even across a clean
@@ -350,7 +344,6 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	// how this process last stopped. A crashed Primary keeps the
 	// crashed-primary flag (persisted until a connection is established,
 	// see crashPending) and its activity log, applied above.
-	a.startRole = replication.RoleSecondary
 	a.persist.flags = mst.Gen.Flags
 	a.crashPending.Store(crashed)
 	if mst.Role == meta.Primary {
