@@ -136,19 +136,7 @@ func CreateWitness(dir string, id WitnessIdentity, force bool, opts Options) (*S
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("meta: create %s: %w", dir, err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, manifest)); errors.Is(err, os.ErrNotExist) {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return nil, fmt.Errorf("meta: create %s: %w", dir, err)
-		}
-		if len(ents) > 0 {
-			return nil, fmt.Errorf("meta: create %s: directory is not empty and holds no metadata; refusing to write into it", dir)
-		}
-	}
-	s, err := openDB(dir, opts)
+	s, err := openForCreate(dir, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -199,6 +199,29 @@ func openDB(dir string, opts Options) (*Store, error) {
 	return &Store{dir: dir, log: log, db: db}, nil
 }
 
+// openForCreate makes dir if needed and opens the database in it for
+// Create or CreateWitness. A directory that is not empty and holds no
+// badger database is refused: it is probably not a metadata directory.
+func openForCreate(dir string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("meta: create %s: %w", dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, manifest)); errors.Is(err, os.ErrNotExist) {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, fmt.Errorf("meta: create %s: %w", dir, err)
+		}
+		if len(ents) > 0 {
+			return nil, fmt.Errorf("meta: create %s: directory is not empty and holds no metadata; refusing to write into it", dir)
+		}
+	}
+	s, err := openDB(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 // Create makes new metadata for the volume id in dir (creating dir if
 // needed) and returns it open. Role starts Secondary, the generation
 // identifiers and flags zero, the peer's disk state empty (unknown), the
@@ -219,19 +242,7 @@ func Create(dir string, id Identity, force bool, opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("meta: create %s: %w", dir, err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, manifest)); errors.Is(err, os.ErrNotExist) {
-		ents, err := os.ReadDir(dir)
-		if err != nil {
-			return nil, fmt.Errorf("meta: create %s: %w", dir, err)
-		}
-		if len(ents) > 0 {
-			return nil, fmt.Errorf("meta: create %s: directory is not empty and holds no metadata; refusing to write into it", dir)
-		}
-	}
-	s, err := openDB(dir, opts)
+	s, err := openForCreate(dir, opts)
 	if err != nil {
 		return nil, err
 	}
