@@ -115,14 +115,21 @@ type pair struct {
 
 func newPair(t testing.TB, cfg Config, pst, sst State, pdev blockdev.Device, pmem, smem *blockdev.Memory) *pair {
 	t.Helper()
+	if smem == nil {
+		smem = blockdev.NewMemory(testSize)
+	}
+	return newPairDev(t, cfg, pst, sst, pdev, pmem, smem, smem)
+}
+
+// newPairDev is newPair with the secondary's device given apart from
+// the Memory the test compares (smem may be nil when sdev is not one).
+func newPairDev(t testing.TB, cfg Config, pst, sst State, pdev blockdev.Device, pmem *blockdev.Memory, sdev blockdev.Device, smem *blockdev.Memory) *pair {
+	t.Helper()
 	if pmem == nil {
 		pmem = blockdev.NewMemory(testSize)
 	}
 	if pdev == nil {
 		pdev = pmem
-	}
-	if smem == nil {
-		smem = blockdev.NewMemory(testSize)
 	}
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -131,7 +138,7 @@ func newPair(t testing.TB, cfg Config, pst, sst State, pdev blockdev.Device, pme
 	pr := &pair{t: t, ln: ln, sErr: make(chan error, 1)}
 	pr.ctx, pr.cancel = context.WithCancel(context.Background())
 	pr.p = newNode(t, pdev, pmem, pst, cfg)
-	pr.s = newNode(t, smem, smem, sst, cfg)
+	pr.s = newNode(t, sdev, smem, sst, cfg)
 	pr.startSecondary()
 	dial := Dialer(ln.Addr().String())
 	pr.wg.Add(1)
@@ -684,6 +691,51 @@ func TestFullSyncPauseAndSecondaryCrashResumes(t *testing.T) {
 	}
 	if st := pr.p.v.Status(); st.ResyncRate > 1.5*float64(cfg.ResyncRate) || st.ResyncRate == 0 {
 		t.Fatalf("resync rate %.0f B/s, limit %d", st.ResyncRate, cfg.ResyncRate)
+	}
+}
+
+// A resync target's acks mean "written", not "durable": the resync may
+// finish (the target becomes UpToDate, which its metadata then records)
+// only once everything it received is on its disk. A power loss right
+// after must find the source's data, not the zeros of an unflushed cache.
+func TestResyncDurableOnTargetBeforeUpToDate(t *testing.T) {
+	cfg := testConfig()
+	pmem := blockdev.NewMemory(testSize)
+	r := rand.New(rand.NewPCG(11, 11))
+	pmem.WriteAt(randBytes(r, testSize), 0)
+	sdev := blockdev.NewCrashable(testSize)
+	fresh := State{VolumeUUID: testVolUUID, NodeName: "b", Role: RoleSecondary, Disk: Inconsistent, GI: NewGenIDs()}
+	pr := newPairDev(t, cfg, syncedState("a", RolePrimary), fresh, nil, pmem, sdev, nil)
+	pr.waitInSync(10 * time.Second)
+
+	// Power loss of the target now: only what it flushed survives.
+	after := sdev.CrashClone(blockdev.CrashOptions{})
+	want, got := readAll(t, pmem), readAll(t, after)
+	if !bytes.Equal(want, got) {
+		lost := 0
+		for i := 0; i < len(want); i += DefaultBlockSize {
+			if !bytes.Equal(want[i:i+DefaultBlockSize], got[i:i+DefaultBlockSize]) {
+				lost++
+			}
+		}
+		t.Fatalf("target UpToDate, but a power loss would lose %d of %d resynced blocks", lost, len(want)/DefaultBlockSize)
+	}
+
+	// The same after a bitmap resync: cut the link, write degraded,
+	// reconnect, and crash the target as soon as it is in sync again.
+	pr.blocked.Store(true)
+	pr.killLink()
+	waitFor(t, "primary degraded", 5*time.Second, func() bool { return pr.p.v.Status().Conn != Connected })
+	for i := 0; i < 16; i++ {
+		if _, err := pr.p.v.WriteAt(randBytes(r, 8192), int64(r.IntN(testSize/8192))*8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pr.blocked.Store(false)
+	pr.waitInSync(10 * time.Second)
+	after = sdev.CrashClone(blockdev.CrashOptions{})
+	if !bytes.Equal(readAll(t, pmem), readAll(t, after)) {
+		t.Fatal("bitmap resync finished, but a power loss of the target would lose resynced blocks")
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -77,6 +78,16 @@ func (l *link) sweep() {
 			left := v.bm.Count()
 			v.mu.Unlock()
 			if left == 0 {
+				// The target's acks mean "written", not "durable":
+				// it must not become UpToDate (and persist so)
+				// before everything it received is on its disk.
+				switch again, ok := l.flushTarget(); {
+				case !ok:
+					return
+				case again:
+					pos = 0
+					continue
+				}
 				l.finishResync()
 				return
 			}
@@ -272,6 +283,30 @@ func (l *link) waitUnpaused() bool {
 }
 
 // finishResync ends a resync on the source and tells the target.
+// flushTarget makes the resynced data durable on the target before the
+// resync is declared finished: a Flush, ordered after every ResyncData
+// sent, completes only once the target has applied them all and flushed
+// its disk. ok is false when the link died or the target's flush
+// failed (the resync does not finish on this link); again is true when
+// blocks became out of sync meanwhile (another pass first).
+func (l *link) flushTarget() (again, ok bool) {
+	ch := l.startFlush()
+	if ch == nil {
+		return false, false
+	}
+	if err := <-ch; err != nil {
+		if !errors.Is(err, ErrPeerGone) {
+			l.log.Error("resync target failed to flush its disk; resync not finished", "err", err)
+		}
+		return false, false
+	}
+	v := l.v
+	v.mu.Lock()
+	left := v.bm.Count()
+	v.mu.Unlock()
+	return left != 0, true
+}
+
 func (l *link) finishResync() {
 	v := l.v
 	v.mu.Lock()

@@ -124,6 +124,11 @@ type Hooks struct {
 	// (resync progress). It may be persisted lazily: a persisted bit that
 	// is set but should not be costs only a redundant resync, but without
 	// it a crashed sync target restarts its resync from the beginning.
+	// It must not be persisted before the data is durable: on a sync
+	// target the resynced blocks are written, not flushed, when they are
+	// reported clean, so flush the local device after taking the bits
+	// and before writing them (the resync itself ends with a Flush of
+	// the target, before the target becomes UpToDate).
 	OnBitmapClean func(off, n uint64)
 
 	// BeforeWrite and AfterWrite drive the caller's activity log (DRBD's

@@ -321,6 +321,7 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	if a.persist, err = newPersister(store, bm, a.log); err != nil {
 		return nil, err
 	}
+	a.persist.durable = a.dev.Flush
 	crashed := mst.Gen.Flags.Has(meta.FlagCrashedPrimary)
 	alExtents, err := a.openActivityLog(crashed)
 	if err != nil {

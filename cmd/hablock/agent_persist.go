@@ -82,6 +82,14 @@ type persister struct {
 	gen     meta.Generations
 	role    meta.Role
 	peer    string
+	// durable, when set, makes every completed local write durable
+	// (the backing store's Flush). A chunk written by flushAll may
+	// record blocks in sync, and on a sync target "in sync" is only
+	// true once the resynced data is on the disk: a clean bit persisted
+	// before its data would, after a power loss, skip blocks that the
+	// disk never got. So flushAll encodes the chunks, calls durable,
+	// and only then writes them (a set bit is always safe to keep).
+	durable func() error
 }
 
 // chunkBlocks is the number of bitmap blocks per stored chunk: 4 KiB of
@@ -388,13 +396,29 @@ func (p *persister) flushAll() error {
 	chunks := p.encodeLocked(idxs)
 	clear(p.pending)
 	p.mu.Unlock()
-	if err := p.putChunks(idxs, chunks); err != nil {
+	err := p.makeDurable()
+	if err == nil {
+		err = p.putChunks(idxs, chunks)
+	}
+	if err != nil {
 		p.mu.Lock()
 		for _, i := range idxs {
 			p.pending[i] = true // written by the next flush
 		}
 		p.mu.Unlock()
 		return err
+	}
+	return nil
+}
+
+// makeDurable calls durable, if set: everything written locally before
+// the chunks were encoded reaches the disk before they do.
+func (p *persister) makeDurable() error {
+	if p.durable == nil {
+		return nil
+	}
+	if err := p.durable(); err != nil {
+		return fmt.Errorf("flush the backing store before recording blocks in sync: %w", err)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -399,5 +400,58 @@ func TestPersisterRoundTrip(t *testing.T) {
 	}
 	if got := u.snapshot().Count(); got != 3000+2 {
 		t.Fatalf("after merging 3000 runs: %d blocks persisted dirty, want %d", got, 3000+2)
+	}
+}
+
+// TestPersisterCleanOnlyAfterDurable: blocks recorded in sync reach the
+// metadata only after the backing store's flush succeeded (a sync
+// target's resynced data may still be in the page cache); a failed
+// flush keeps them recorded out of sync, and the next flush retries.
+func TestPersisterCleanOnlyAfterDurable(t *testing.T) {
+	dir := t.TempDir()
+	st, err := meta.Create(dir, meta.Identity{UUID: blockdev.NewUUID(), Size: 1 << 30, BlockSize: 512, Resource: "r0", Node: "n1"},
+		false, meta.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	log := slog.New(slog.DiscardHandler)
+	bm, _ := replication.NewBitmap(1<<30, 4096)
+	p, err := newPersister(st, bm, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := func() uint64 {
+		fresh, _ := replication.NewBitmap(1<<30, 4096)
+		q, err := newPersister(st, fresh, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q.snapshot().Count()
+	}
+	p.dirty(0, 1<<20) // persisted at once
+	if n := reload(); n != 256 {
+		t.Fatalf("%d blocks persisted dirty, want 256", n)
+	}
+	var flushes int
+	flushErr := errors.New("injected flush failure")
+	p.durable = func() error { flushes++; return flushErr }
+	p.clean(0, 1<<20)
+	if err := p.flushAll(); !errors.Is(err, flushErr) {
+		t.Fatalf("flushAll with a failing flush: %v", err)
+	}
+	if n := reload(); n != 256 || flushes != 1 {
+		t.Fatalf("after a failed flush: %d blocks persisted dirty (want 256), %d flushes", n, flushes)
+	}
+	p.durable = func() error { flushes++; return nil }
+	if err := p.flushAll(); err != nil {
+		t.Fatal(err)
+	}
+	if n := reload(); n != 0 || flushes != 2 {
+		t.Fatalf("after a good flush: %d blocks persisted dirty (want 0), %d flushes", n, flushes)
+	}
+	// Nothing pending: no flush.
+	if err := p.flushAll(); err != nil || flushes != 2 {
+		t.Fatalf("idle flushAll: %v, %d flushes", err, flushes)
 	}
 }
