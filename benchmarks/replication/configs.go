@@ -27,6 +27,9 @@ type config interface {
 	iqn() string
 	// serving is the process whose iSCSI target qemu-img talks to.
 	serving() *bench.Server
+	// secondary is the replicated configuration's other agent (nil
+	// when there is none).
+	secondary() *bench.Server
 	// health is "" when the configuration can be measured, else why not.
 	health(ctx context.Context) string
 	// dead is "" while every process runs, else which one died and how.
@@ -50,6 +53,7 @@ func (s *standalone) describe() string {
 func (s *standalone) port() int                     { return s.p }
 func (s *standalone) iqn() string                   { return iqnPrefix + "standalone" }
 func (s *standalone) serving() *bench.Server        { return s.srv }
+func (s *standalone) secondary() *bench.Server      { return nil }
 func (s *standalone) health(context.Context) string { return "" }
 func (s *standalone) dead() string                  { return deadOf(s.srv) }
 func (s *standalone) stop() {
@@ -98,12 +102,13 @@ func (p *pair) describe() string {
 	return fmt.Sprintf("resource %s, protocol %s, %d bytes: hablock agent n1 (127.0.0.1:%d, Primary, iSCSI 127.0.0.1:%d %s LUN 0) + n2 (127.0.0.1:%d)",
 		p.res, p.protocol, p.size, p.nodePorts[0], p.iscsiPort, p.iqn(), p.nodePorts[1])
 }
-func (p *pair) port() int              { return p.iscsiPort }
-func (p *pair) iqn() string            { return iqnPrefix + p.res }
-func (p *pair) serving() *bench.Server { return p.agents[0] }
-func (p *pair) confPath() string       { return filepath.Join(p.dir, p.res+".conf") }
-func (p *pair) backing(i int) string   { return filepath.Join(p.dir, fmt.Sprintf("n%d.img", i+1)) }
-func (p *pair) socket(i int) string    { return filepath.Join(p.dir, fmt.Sprintf("n%d.sock", i+1)) }
+func (p *pair) port() int                { return p.iscsiPort }
+func (p *pair) iqn() string              { return iqnPrefix + p.res }
+func (p *pair) serving() *bench.Server   { return p.agents[0] }
+func (p *pair) secondary() *bench.Server { return p.agents[1] }
+func (p *pair) confPath() string         { return filepath.Join(p.dir, p.res+".conf") }
+func (p *pair) backing(i int) string     { return filepath.Join(p.dir, fmt.Sprintf("n%d.img", i+1)) }
+func (p *pair) socket(i int) string      { return filepath.Join(p.dir, fmt.Sprintf("n%d.sock", i+1)) }
 
 func (p *pair) dead() string {
 	for _, a := range p.agents {

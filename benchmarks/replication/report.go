@@ -326,6 +326,7 @@ func (r *report) body() string {
 			}
 			p("\n")
 		}
+		r.cpuTable(p, names, ratios)
 	}
 
 	if s := r.Sync; s != nil {
@@ -423,4 +424,93 @@ func (r *report) writeJSON(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// cpuRoles are the processes whose CPU time a run records, in table order.
+var cpuRoles = []string{"qemu-img", "serving", "secondary"}
+
+// cpuMedians is the median CPU time per request of each process over
+// the cell's successful runs, their sum, and the median machine busy %;
+// ok is false when some process has no sample.
+func cpuMedians(c *bench.Cell) (per map[string]float64, total, busy float64, ok bool) {
+	if c == nil {
+		return nil, 0, 0, false
+	}
+	per = map[string]float64{}
+	var busies []float64
+	for _, role := range cpuRoles {
+		var xs []float64
+		for _, run := range c.Runs {
+			if v, has := run.CPUus[role]; run.Status == "ok" && has {
+				xs = append(xs, v)
+			}
+		}
+		if len(xs) > 0 {
+			per[role] = bench.Median(xs)
+			total += per[role]
+		}
+	}
+	for _, run := range c.Runs {
+		if run.Status == "ok" && run.BusyPct > 0 {
+			busies = append(busies, run.BusyPct)
+		}
+	}
+	_, q := per["qemu-img"]
+	_, s := per["serving"]
+	return per, total, bench.Median(busies), q && s && len(busies) > 0
+}
+
+// cpuTable prints the CPU cost per request of every process and, for
+// each replicated configuration, the ratio the CPU cost alone would allow.
+func (r *report) cpuTable(p func(string, ...any), names, ratios []string) {
+	p("\nCPU time per request (µs of user + system time, median of the runs): qemu-img + serving process (hablock export; the Primary's agent) "+
+		"+ Secondary's agent = total, and the share of the machine's %d CPUs that was busy during the run:\n\n| workload |", r.Machine.NProc)
+	for _, n := range names {
+		p(" %s |", n)
+	}
+	p("\n|---|%s\n", strings.Repeat("---:|", len(names)))
+	for _, w := range r.Workloads {
+		p("| %s |", w.Label)
+		for _, n := range names {
+			per, total, busy, ok := cpuMedians(w.Configs[n])
+			if !ok {
+				p(" n/a |")
+				continue
+			}
+			var parts []string
+			for _, role := range cpuRoles {
+				if v, has := per[role]; has {
+					parts = append(parts, fmt.Sprintf("%.1f", v))
+				}
+			}
+			p(" %s = **%.1f**, busy %.0f%% |", strings.Join(parts, " + "), total, busy)
+		}
+		p("\n")
+	}
+	if len(ratios) == 0 {
+		return
+	}
+	p("\nCPU-bound ceiling: when the CPUs are the bottleneck, a configuration can reach at most " +
+		"total CPU per request of standalone / its own (the same CPUs doing more work per request). " +
+		"A measured ratio at or near its ceiling means the configuration is limited by CPU, not by waiting; " +
+		"only less CPU per replicated write (or more CPUs) raises it. At queue depth 1 the CPUs are mostly idle, but the work is serial " +
+		"(initiator, Primary, Secondary, Primary, initiator), so the latency is close to the CPU time per request and the same ceiling applies.\n\n| workload |")
+	for _, rn := range ratios {
+		p(" %s measured / ceiling |", rn)
+	}
+	p("\n|---|%s\n", strings.Repeat("---:|", len(ratios)))
+	for _, w := range r.Workloads {
+		p("| %s |", w.Label)
+		_, base, _, baseOK := cpuMedians(w.Configs["standalone"])
+		for _, rn := range ratios {
+			n := strings.TrimSuffix(rn, "/standalone")
+			_, total, _, ok := cpuMedians(w.Configs[n])
+			if !ok || !baseOK || total == 0 {
+				p(" %s / n/a |", bench.FmtRatio(w.Ratios[rn]))
+				continue
+			}
+			p(" %s / %.2fx |", bench.FmtRatio(w.Ratios[rn]), base/total)
+		}
+		p("\n")
+	}
 }

@@ -167,9 +167,11 @@ func (r *runner) runOne(ctx context.Context, c config, w bench.Workload, repNo i
 		syscall.Sync()
 	}
 	srv := c.serving()
+	cpu := startCPU(srv, c.secondary())
 	s := bench.StartRSSSampler(srv.Pid(), r.o.rssInterval)
 	res := bench.RunQemu(ctx, bench.IscsiArgv(w, c.port(), c.iqn(), 0), r.o.runTimeout)
 	run.MaxRSSKiB, run.HWMKiB = s.Stop()
+	cpuUS, busy := cpu.stop(res.CPU, w.Count)
 	if ctx.Err() != nil {
 		run.Status = "interrupted"
 		return run
@@ -197,6 +199,7 @@ func (r *runner) runOne(ctx context.Context, c config, w bench.Workload, repNo i
 		run.Seconds = out.Seconds
 		run.IOPS = bench.IOPS(w.Count, out.Seconds)
 		run.MiBps = bench.MiBps(w.Count, w.BlockSize, out.Seconds)
+		run.CPUus, run.BusyPct = cpuUS, busy
 		if h := c.health(ctx); h != "" {
 			// Measured, but the pair was not healthy right after: say so.
 			run.Detail = "after the run: " + h
@@ -401,4 +404,55 @@ func dropCache(path string) error {
 		return err
 	}
 	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}
+
+// cpuSample is the CPU time of the processes of one run, taken before it
+// (see startCPU) to be subtracted after it.
+type cpuSample struct {
+	procs map[string]*bench.Server
+	start map[string]time.Duration
+	busy  time.Duration
+	total time.Duration
+}
+
+// startCPU samples the CPU time used so far by the serving process, the
+// secondary (if any) and the whole machine.
+func startCPU(serving, secondary *bench.Server) *cpuSample {
+	c := &cpuSample{procs: map[string]*bench.Server{"serving": serving}, start: map[string]time.Duration{}}
+	if secondary != nil {
+		c.procs["secondary"] = secondary
+	}
+	for role, p := range c.procs {
+		if t, err := bench.ProcCPU(p.Pid()); err == nil {
+			c.start[role] = t
+		}
+	}
+	c.busy, c.total, _ = bench.MachineCPU()
+	return c
+}
+
+// stop returns the CPU time per request (µs) of each process since
+// startCPU, qemu-img's (qemuCPU, from its rusage) included, and the
+// machine's busy share (%). A process whose time could not be read is
+// left out.
+func (c *cpuSample) stop(qemuCPU time.Duration, count int) (map[string]float64, float64) {
+	perReq := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(count) }
+	us := map[string]float64{}
+	if qemuCPU > 0 {
+		us["qemu-img"] = perReq(qemuCPU)
+	}
+	for role, p := range c.procs {
+		t0, ok := c.start[role]
+		if !ok {
+			continue
+		}
+		if t, err := bench.ProcCPU(p.Pid()); err == nil {
+			us[role] = perReq(t - t0)
+		}
+	}
+	var pct float64
+	if busy, total, err := bench.MachineCPU(); err == nil && total > c.total {
+		pct = 100 * float64(busy-c.busy) / float64(total-c.total)
+	}
+	return us, pct
 }

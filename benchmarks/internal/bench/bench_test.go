@@ -2,7 +2,9 @@ package bench
 
 import (
 	"math"
+	"os"
 	"testing"
+	"time"
 )
 
 func TestCellFinish(t *testing.T) {
@@ -31,5 +33,34 @@ func TestThousandsAndCommandLine(t *testing.T) {
 	}
 	if got := CommandLine("replication", []string{"--sync-size", "1G", "--x", "a b"}); got != "go run ./benchmarks/replication --sync-size 1G --x 'a b'" {
 		t.Errorf("CommandLine = %q", got)
+	}
+}
+
+func TestProcAndMachineCPU(t *testing.T) {
+	before, err := ProcCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn about 50 ms of CPU (two clock ticks at least).
+	x := 0
+	for start := time.Now(); time.Since(start) < 50*time.Millisecond; {
+		x++
+	}
+	after, err := ProcCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after <= before {
+		t.Fatalf("CPU time did not grow after a busy loop (%d iterations): %v -> %v", x, before, after)
+	}
+	busy, total, err := MachineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total <= 0 || busy <= 0 || busy > total {
+		t.Fatalf("machine CPU busy %v of total %v", busy, total)
+	}
+	if _, err := ProcCPU(-1); err == nil {
+		t.Fatal("ProcCPU(-1) succeeded")
 	}
 }

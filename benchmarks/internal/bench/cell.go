@@ -15,6 +15,12 @@ type Run struct {
 	Detail    string  `json:"detail,omitempty"`
 	MaxRSSKiB int64   `json:"max_vmrss_kib,omitempty"` // peak VmRSS sampled during the run
 	HWMKiB    int64   `json:"vmhwm_kib,omitempty"`     // VmHWM right after the run
+	// CPUus is the CPU time (user + system) each process used during
+	// the run, in µs per request, by role ("qemu-img", "serving",
+	// "secondary"); BusyPct is the whole machine's busy CPU time over
+	// the run as a share of wall time x CPUs.
+	CPUus   map[string]float64 `json:"cpu_us_per_request,omitempty"`
+	BusyPct float64            `json:"machine_busy_pct,omitempty"`
 }
 
 // Summary is the one-line progress form of r.

@@ -148,6 +148,9 @@ type QemuResult struct {
 	Out     string
 	Timeout bool
 	Err     error
+	// CPU is the CPU time (user + system) qemu-img used, from its
+	// rusage; zero when it could not be run.
+	CPU time.Duration
 }
 
 // RunQemu runs argv with a hard timeout; on timeout the whole process group
@@ -164,6 +167,9 @@ func RunQemu(ctx context.Context, argv []string, timeout time.Duration) QemuResu
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	r := QemuResult{Out: buf.String(), Err: err}
+	if ps := cmd.ProcessState; ps != nil {
+		r.CPU = ps.UserTime() + ps.SystemTime()
+	}
 	if err != nil && errors.Is(rctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
 		r.Timeout = true
 	}
