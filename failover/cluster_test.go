@@ -128,10 +128,26 @@ type cluster struct {
 // freePort returns a port in this work's range (24000-24999) that is
 // free for both TCP and UDP on host a moment ago; random, so that
 // concurrent runs of these tests do not collide.
+// handedOut holds the addresses freePort returned: a port is free when
+// picked but only bound later, so without it two members of one cluster
+// could be given the same one.
+var handedOut struct {
+	sync.Mutex
+	addrs map[string]bool
+}
+
 func freePort(t *testing.T, host string) string {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.addrs == nil {
+		handedOut.addrs = map[string]bool{}
+	}
 	for range 200 {
 		addr := fmt.Sprintf("%s:%d", host, 24000+rand.IntN(1000))
+		if handedOut.addrs[addr] {
+			continue
+		}
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			continue
@@ -143,6 +159,7 @@ func freePort(t *testing.T, host string) string {
 			continue
 		}
 		uc.Close()
+		handedOut.addrs[addr] = true
 		return addr
 	}
 	t.Fatalf("no free port on %s in 24000-24999", host)

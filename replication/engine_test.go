@@ -739,6 +739,62 @@ func TestResyncDurableOnTargetBeforeUpToDate(t *testing.T) {
 	}
 }
 
+// A Secondary whose machine loses power loses the writes it acked but
+// had not flushed: its metadata still says UpToDate in the same
+// generation, so without more the reconnect would find nothing to do.
+// Restarted with LostCache, it becomes the sync target of all of it.
+func TestSecondaryPowerLossResyncsEverything(t *testing.T) {
+	cfg := testConfig()
+	sdev := blockdev.NewCrashable(testSize)
+	pr := newPairDev(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, sdev, nil)
+	pr.waitInSync(10 * time.Second)
+	r := rand.New(rand.NewPCG(12, 12))
+	for i := 0; i < 64; i++ { // acked by the Secondary, never flushed
+		if _, err := pr.p.v.WriteAt(randBytes(r, 16384), int64(r.IntN(testSize/16384))*16384); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sdev.Pending() == 0 {
+		t.Fatal("test setup: the Secondary flushed; nothing for a power loss to lose")
+	}
+
+	// Power loss: the Secondary's disk keeps only what was flushed; its
+	// metadata (GIs, empty bitmap) survives as persisted.
+	pr.blocked.Store(true)
+	pr.s.v.Stop()
+	<-pr.sErr
+	gi := *pr.s.gi.Load()
+	rebooted := sdev.CrashClone(blockdev.CrashOptions{})
+	if bytes.Equal(readAll(t, pr.p.mem), readAll(t, rebooted)) {
+		t.Fatal("test setup: the power loss lost nothing")
+	}
+	waitFor(t, "primary degraded", 5*time.Second, func() bool { return pr.p.v.Status().Conn != Connected })
+
+	st := State{VolumeUUID: testVolUUID, NodeName: "b", Role: RoleSecondary, Disk: UpToDate, GI: gi,
+		Bitmap: pr.s.persistedBitmap(), LostCache: true}
+	pr.s = newNode(t, rebooted, nil, st, cfg)
+	pr.startSecondary()
+	before := pr.p.v.resyncBytes.Load()
+	pr.blocked.Store(false)
+	pr.waitInSync(10 * time.Second)
+	if moved := pr.p.v.resyncBytes.Load() - before; moved != testSize {
+		t.Fatalf("resync after the power loss moved %d bytes, want the whole volume (%d)", moved, testSize)
+	}
+	if !bytes.Equal(readAll(t, pr.p.mem), readAll(t, rebooted)) {
+		t.Fatal("after the resync the Secondary still lacks writes it acked before the power loss")
+	}
+	// The flag was used once: a later reconnect finds nothing to do.
+	before = pr.p.v.resyncBytes.Load()
+	pr.blocked.Store(true)
+	pr.killLink()
+	waitFor(t, "link down", 10*time.Second, func() bool { return pr.p.v.Status().Conn != Connected })
+	pr.blocked.Store(false)
+	pr.waitInSync(10 * time.Second)
+	if moved := pr.p.v.resyncBytes.Load() - before; moved != 0 {
+		t.Fatalf("a plain reconnect after that resynced %d bytes", moved)
+	}
+}
+
 func TestLocalWriteErrorDetachesAndServesThroughPeer(t *testing.T) {
 	pmem := blockdev.NewMemory(testSize)
 	faulty := blockdev.NewFaulty(pmem)

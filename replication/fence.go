@@ -277,6 +277,8 @@ func (v *Volume) linkUpLocked() {
 		v.flags &^= FlagDiscardMyData // used once (standalone.go)
 		v.log.Info("discard-my-data done: connected")
 	}
+	v.flags &^= FlagLostCache // the handshake has used it
+	v.connects++
 	if v.hold.fenced {
 		v.hold.fenced = false
 		v.log.Info("fencing: peer connected; no longer fenced")

@@ -240,6 +240,9 @@ type Node struct {
 	// CrashedPrimary: the node was Primary when it last went down without
 	// demoting; its data may hold writes the peer never saw.
 	CrashedPrimary bool
+	// LostCache: the node's machine restarted while it ran; writes it
+	// had not flushed may be missing anywhere on its disk.
+	LostCache bool
 }
 
 // Result is Decide's answer.
@@ -285,7 +288,7 @@ func localLosesTie(local, peer string) bool { return local > peer }
 
 // compareGI is DRBD's drbd_uuid_compare for two nodes, rewritten from its
 // documented rules. It may correct l or p (rules 34, 35, 51, 71).
-func compareGI(l, p *GenIDs, lCrashed, pCrashed, lLoses bool) (relation, int) {
+func compareGI(l, p *GenIDs, lCrashed, pCrashed, lLost, pLost, lLoses bool) (relation, int) {
 	m := func(v uint64) uint64 { return v &^ uuidPrimaryBit }
 	self, peer := m(l.Current), m(p.Current)
 
@@ -321,9 +324,23 @@ func compareGI(l, p *GenIDs, lCrashed, pCrashed, lLoses bool) (relation, int) {
 			}
 			return relPeerBitmap, 37
 		}
+		// A node whose machine restarted under it may lack any write it
+		// had not flushed: the other is the source (and when both did,
+		// one of them must still become the source, below).
+		switch {
+		case lLost && !pLost:
+			return relPeerBitmap, 40
+		case pLost && !lLost:
+			return relLocalBitmap, 40
+		}
 		// Common power failure or clean shutdown: a node that crashed
 		// as Primary may have writes the other lacks.
 		switch {
+		case !lCrashed && !pCrashed && lLost: // both lost their caches
+			if lLoses {
+				return relPeerBitmap, 40
+			}
+			return relLocalBitmap, 40
 		case !lCrashed && !pCrashed:
 			return relSame, 40
 		case lCrashed && !pCrashed:
@@ -399,7 +416,7 @@ func compareGI(l, p *GenIDs, lCrashed, pCrashed, lLoses bool) (relation, int) {
 func Decide(local, peer Node) Result {
 	r := Result{Local: local.GI, Peer: peer.GI}
 	rel, rule := compareGI(&r.Local, &r.Peer, local.CrashedPrimary, peer.CrashedPrimary,
-		localLosesTie(local.Name, peer.Name))
+		local.LostCache, peer.LostCache, localLosesTie(local.Name, peer.Name))
 	r.Rule = rule
 
 	if rel == relUnrelated {

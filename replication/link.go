@@ -1049,8 +1049,10 @@ func (l *link) connect(ctx context.Context) error {
 	}
 	l.log = l.log.With("peer_name", peer.NodeName)
 
-	local := Node{Name: hs.NodeName, GI: hs.GI, Disk: hs.Disk, Role: hs.Role, CrashedPrimary: hs.Flags&FlagCrashedPrimary != 0}
-	pn := Node{Name: peer.NodeName, GI: peer.GI, Disk: peer.Disk, Role: peer.Role, CrashedPrimary: peer.Flags&FlagCrashedPrimary != 0}
+	local := Node{Name: hs.NodeName, GI: hs.GI, Disk: hs.Disk, Role: hs.Role,
+		CrashedPrimary: hs.Flags&FlagCrashedPrimary != 0, LostCache: hs.Flags&FlagLostCache != 0}
+	pn := Node{Name: peer.NodeName, GI: peer.GI, Disk: peer.Disk, Role: peer.Role,
+		CrashedPrimary: peer.Flags&FlagCrashedPrimary != 0, LostCache: peer.Flags&FlagLostCache != 0}
 	res := Decide(local, pn)
 	d := res.Decision
 	if hs.Role == RolePrimary && peer.Role == RolePrimary && d != Unrelated {

@@ -52,7 +52,11 @@ const (
 	// FlagDiscardMyData: the operator told this node to become sync
 	// target if a split brain is detected (manual recovery).
 	FlagDiscardMyData
-	knownHandshakeFlags = FlagCrashedPrimary | FlagDiscardMyData
+	// FlagLostCache: this node's machine restarted (power loss, kernel
+	// crash) while it ran, so writes it had completed but not flushed
+	// may be missing from its disk; used by GI rule 40.
+	FlagLostCache
+	knownHandshakeFlags = FlagCrashedPrimary | FlagDiscardMyData | FlagLostCache
 )
 
 // Handshake is the first message in each direction. The receiver checks

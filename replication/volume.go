@@ -97,6 +97,18 @@ type State struct {
 	// first (as the agent does), or keeps the CrashedPrimary flag and the
 	// activity log until the resync ends.
 	ActivityLog []Extent
+	// LostCache: the node's machine restarted (power loss, kernel crash)
+	// while the node ran, so writes it completed but had not flushed
+	// (in the page cache, or a disk's volatile cache) may be missing
+	// from its disk, anywhere on it. NewVolume marks the whole bitmap
+	// out of sync, and the flag goes in the handshake: with the same
+	// generation on both sides this node becomes the sync target (Decide,
+	// rule 40), so every block is resynced from the peer (with
+	// Config.ResyncChecksums only those that differ travel); when the
+	// generations say this node is the source, the peer gets all of it.
+	// The caller persists the full bitmap before it lets the node
+	// connect, and the flag until a connection was established.
+	LostCache bool
 	// DiscardMyData: see SetDiscardMyData.
 	DiscardMyData bool
 }
@@ -212,6 +224,8 @@ type Volume struct {
 	name  string
 	hooks Hooks
 	flags HandshakeFlags // under mu once Run starts (SetDiscardMyData)
+	// connects counts established links (under mu; VolumeStatus.Connects).
+	connects uint64
 
 	// gate orders the connect-time exchange against the write path:
 	// writes hold it shared from choosing the link to the end of the
@@ -299,6 +313,10 @@ func NewVolume(dev blockdev.Device, st State, cfg Config, log *slog.Logger) (*Vo
 			}
 			bm.Set(e.Off, min(e.Len, size-e.Off))
 		}
+	}
+	if st.LostCache {
+		v.flags |= FlagLostCache
+		bm.SetAll()
 	}
 	if st.DiscardMyData {
 		v.flags |= FlagDiscardMyData
@@ -879,6 +897,10 @@ type VolumeStatus struct {
 	Abandoned bool
 	// HeldOps counts the operations held now (suspended or fenced).
 	HeldOps int
+	// Connects counts the links established (handshake done) since the
+	// volume was made: once it is non-zero, the handshake has used the
+	// State's CrashedPrimary and LostCache.
+	Connects uint64
 }
 
 // Status returns a snapshot; safe for concurrent use.
@@ -893,6 +915,7 @@ func (v *Volume) Status() VolumeStatus {
 		VerifyTotal: v.verifyTotal, VerifyDone: v.verifyDone,
 		Writes: v.writes.Load(), BytesWritten: v.bytesWritten.Load(), BytesSent: v.bytesSent.Load(),
 		ResyncBytes: v.resyncBytes.Load(), LocalErrors: v.localErrors.Load(), LastError: v.lastErr,
+		Connects: v.connects,
 	}
 	v.holdStatusLocked(&s)
 	end := time.Now()

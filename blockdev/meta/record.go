@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"strings"
@@ -26,6 +27,7 @@ const (
 	kindEpoch
 	kindBitmapChunk
 	kindActivityLog
+	kindRunning
 )
 
 // Schema versions, one per record kind. A change to a record's encoding
@@ -39,6 +41,7 @@ const (
 	epochVersion       = 1
 	bitmapVersion      = 1
 	alVersion          = 1
+	runningVersion     = 1
 )
 
 // Keys. Bitmap chunks are bitmapPrefix + 8-byte big-endian index, so they
@@ -50,6 +53,7 @@ var (
 	keyPeerDisk    = []byte("peer-disk")
 	keyEpoch       = []byte("epoch")
 	keyAL          = []byte("activity-log")
+	keyRunning     = []byte("running")
 	bitmapPrefix   = []byte("bitmap/")
 )
 
@@ -188,8 +192,13 @@ const (
 	FlagWasUpToDate
 	// FlagPeerOutdated: the peer has been marked Outdated.
 	FlagPeerOutdated
+	// FlagLostCache: the machine restarted while the node ran, so writes
+	// not yet flushed may be missing from the local disk; the whole
+	// volume must be resynced (see replication.State.LostCache). Kept
+	// until the node has connected to its peer.
+	FlagLostCache
 
-	allGenFlags = FlagCrashedPrimary | FlagConsistent | FlagWasUpToDate | FlagPeerOutdated
+	allGenFlags = FlagCrashedPrimary | FlagConsistent | FlagWasUpToDate | FlagPeerOutdated | FlagLostCache
 )
 
 // Has reports whether every flag in f2 is set in f.
@@ -208,6 +217,7 @@ func (f GenFlags) String() string {
 		{FlagConsistent, "consistent"},
 		{FlagWasUpToDate, "was-up-to-date"},
 		{FlagPeerOutdated, "peer-outdated"},
+		{FlagLostCache, "lost-cache"},
 	} {
 		if f.Has(x.f) {
 			parts = append(parts, x.name)
@@ -392,4 +402,46 @@ func (s *Store) SetPeerDisk(state string) error {
 // that it grows: the caller's failover logic owns that rule.
 func (s *Store) SetEpoch(e uint64) error {
 	return s.put(keyEpoch, kindEpoch, epochVersion, encodeJSON(epochRecord{e}))
+}
+
+// runningRecord marks a node that is running: written when the agent
+// starts, deleted after a clean stop (once the backing store has been
+// flushed). Found at the next start, it means the node did not stop
+// cleanly; a BootID that differs from the machine's current one means
+// the machine itself restarted meanwhile (power loss, kernel crash), so
+// its page cache, and any write not yet flushed, is gone.
+type runningRecord struct {
+	BootID string `json:"boot_id"`
+}
+
+// Running returns the boot ID recorded by SetRunning, and false if the
+// node stopped cleanly (ClearRunning) or never ran.
+func (s *Store) Running() (bootID string, running bool, err error) {
+	b, err := s.get(keyRunning, kindRunning, runningVersion)
+	if errors.Is(err, ErrNoMetadata) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	var r runningRecord
+	if err := decodeJSON(b, &r); err != nil {
+		return "", false, fmt.Errorf("meta: %s: running: %w", s.dir, err)
+	}
+	return r.BootID, true, nil
+}
+
+// SetRunning durably records that the node runs on the machine boot
+// bootID (Linux: /proc/sys/kernel/random/boot_id).
+func (s *Store) SetRunning(bootID string) error {
+	return s.put(keyRunning, kindRunning, runningVersion, encodeJSON(runningRecord{BootID: bootID}))
+}
+
+// ClearRunning durably records a clean stop.
+func (s *Store) ClearRunning() error {
+	err := s.update(func(txn *badger.Txn) error { return txn.Delete(keyRunning) })
+	if err != nil {
+		return fmt.Errorf("meta: %s: clear running: %w", s.dir, err)
+	}
+	return nil
 }

@@ -529,3 +529,32 @@ func TestCrashWithoutClose(t *testing.T) {
 		t.Fatalf("bitmap chunk 4 after crash: %x", got)
 	}
 }
+
+func TestRunningRecord(t *testing.T) {
+	dir := t.TempDir()
+	st, err := Create(dir, Identity{UUID: blockdev.NewUUID(), Size: 1 << 20, BlockSize: 512, Resource: "r0", Node: "n1"}, false, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, running, err := st.Running(); err != nil || running || id != "" {
+		t.Fatalf("fresh store: %q %v %v", id, running, err)
+	}
+	if err := st.SetRunning("boot-1"); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	st, err = Open(dir, DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if id, running, err := st.Running(); err != nil || !running || id != "boot-1" {
+		t.Fatalf("after reopen: %q %v %v", id, running, err)
+	}
+	if err := st.ClearRunning(); err != nil {
+		t.Fatal(err)
+	}
+	if _, running, err := st.Running(); err != nil || running {
+		t.Fatalf("after ClearRunning: %v %v", running, err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -59,6 +60,19 @@ crashed-primary flag (it was Primary and did not stop cleanly) marks its
 persisted hot extents out of sync and keeps the flag until it has
 connected, so the next connect resyncs only them plus the bitmap: from
 the peer if it was promoted meanwhile, else from this node.
+
+Power loss: the backing store is written through the page cache, so a
+write is durable only after a flush (SYNCHRONIZE CACHE, FUA, or the
+agent's own). The agent records the machine's boot ID while it runs and
+clears it after a clean stop. A node that finds it after a restart of the
+machine (power loss, kernel crash) cannot tell which unflushed writes its
+disk lost, so it marks the whole volume out of sync and says so in the
+log: it is resynced from the peer (only the blocks that differ when
+net.csums-alg is sha256), or, when its generation is the newer, it
+resyncs all of the peer. A resync target's disk is flushed before it becomes UpToDate,
+and blocks are recorded in sync only after the flush that makes them so.
+$HABLOCK_BOOT_ID, when set, replaces the machine's boot ID (tests use it
+to simulate a restart).
 
 Recovery commands: "hablock invalidate" (disconnected, Secondary) makes
 the next connect resync everything from the peer; after a split brain,
@@ -218,9 +232,13 @@ type agent struct {
 	// handshake's decision needs it, DRBD rule 40), even across a clean
 	// stop before then.
 	crashPending atomic.Bool
-	peerLn       *net.TCPListener // nil on the dialing side
-	persist      *persister
-	al           *activityLog
+	// lostPending: the machine restarted under this node (see
+	// checkRestart) and it has not connected since; FlagLostCache stays
+	// persisted until it has, like crashPending.
+	lostPending atomic.Bool
+	peerLn      *net.TCPListener // nil on the dialing side
+	persist     *persister
+	al          *activityLog
 
 	// ctx ends when the agent closes; background work (Run, Verify)
 	// derives from it.
@@ -327,6 +345,10 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	if err != nil {
 		return nil, err
 	}
+	lost, err := a.checkRestart(mst.Gen)
+	if err != nil {
+		return nil, err
+	}
 	st := replication.State{
 		VolumeUUID:     a.id.UUID,
 		NodeName:       node.Name,
@@ -336,6 +358,7 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 		Bitmap:         a.persist.snapshot(),
 		CrashedPrimary: crashed,
 		ActivityLog:    alExtents,
+		LostCache:      lost,
 	}
 	if st.GI.Current == 0 {
 		st.GI = replication.NewGenIDs()
@@ -346,7 +369,11 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	// crashed-primary flag (persisted until a connection is established,
 	// see crashPending) and its activity log, applied above.
 	a.persist.flags = mst.Gen.Flags
+	if lost {
+		a.persist.flags |= meta.FlagLostCache // persisted by checkRestart
+	}
 	a.crashPending.Store(crashed)
+	a.lostPending.Store(lost)
 	if mst.Role == meta.Primary {
 		how := "a clean stop"
 		if crashed {
@@ -489,6 +516,7 @@ func replicationConfig(res *config.Resource, size int64) (replication.Config, er
 	// peer holds writes until a majority has recorded the peer outdated
 	// (DRBD's fencing resource-only, with the quorum as fence-peer).
 	c.Fencing = res.Witness != nil
+	c.ResyncChecksums = n.CsumsAlg == "sha256"
 	// TODO(issue 3): net.ko-count and net.verify-alg have no engine
 	// counterpart yet (verify always uses sha256; no ko-count expulsion).
 	return c, c.Validate()
@@ -532,7 +560,7 @@ func diskFromFlags(f meta.GenFlags) replication.DiskState {
 	return replication.Outdated
 }
 
-func flagsFor(s replication.VolumeStatus, crashed bool) meta.GenFlags {
+func flagsFor(s replication.VolumeStatus, crashed, lost bool) meta.GenFlags {
 	var f meta.GenFlags
 	if s.Disk >= replication.Outdated && s.Disk != replication.DUnknown {
 		f |= meta.FlagConsistent
@@ -545,6 +573,9 @@ func flagsFor(s replication.VolumeStatus, crashed bool) meta.GenFlags {
 	}
 	if crashed {
 		f |= meta.FlagCrashedPrimary
+	}
+	if lost {
+		f |= meta.FlagLostCache
 	}
 	return f
 }
@@ -585,10 +616,11 @@ func (a *agent) sync() {
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	s := a.volume().Status()
-	if s.Conn == replication.Connected {
+	if s.Connects > 0 {
 		a.crashPending.Store(false) // the handshake has used it
+		a.lostPending.Store(false)
 	}
-	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary || a.crashPending.Load()), replicationGen(s.GI))
+	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary || a.crashPending.Load(), a.lostPending.Load()), replicationGen(s.GI))
 	if s.PeerDisk != replication.DUnknown {
 		a.persist.setPeerDisk(s.PeerDisk.String())
 	}
@@ -840,7 +872,7 @@ func (a *agent) Primary(ctx context.Context, force bool) error {
 	// Record the role (and that a crash from now on is a crashed
 	// Primary) before the first write can happen.
 	s = v.Status()
-	a.persist.setFlags(flagsFor(s, true), replicationGen(s.GI))
+	a.persist.setFlags(flagsFor(s, true, a.lostPending.Load()), replicationGen(s.GI))
 	if err := a.persist.setRole(meta.Primary); err != nil {
 		return err
 	}
@@ -1117,8 +1149,9 @@ func (a *agent) close(grace time.Duration) {
 	a.stopRunLocked()
 	a.opMu.Unlock()
 	v.Stop()
-	if err := a.dev.Flush(); err != nil {
-		a.log.Error("flush the backing store", "err", err)
+	flushErr := a.dev.Flush()
+	if flushErr != nil {
+		a.log.Error("flush the backing store", "err", flushErr)
 	}
 	a.cancel()
 	a.wg.Wait()
@@ -1126,7 +1159,14 @@ func (a *agent) close(grace time.Duration) {
 	// A clean stop is not a crash: clear crashed-primary (the role is kept),
 	// unless an earlier crash has not been resolved by a connect yet.
 	s := v.Status()
-	a.persist.setFlags(flagsFor(s, a.crashPending.Load()), replicationGen(s.GI))
+	a.persist.setFlags(flagsFor(s, a.crashPending.Load(), a.lostPending.Load()), replicationGen(s.GI))
+	if flushErr == nil {
+		// Everything written is on the disk: a machine restart from
+		// now on loses nothing of this node's (see checkRestart).
+		if err := a.store.ClearRunning(); err != nil {
+			a.log.Error("record the clean stop", "err", err)
+		}
+	}
 	a.closeResources()
 	a.log.Info("stopped")
 }
@@ -1143,4 +1183,65 @@ func (a *agent) closeResources() {
 	if a.store != nil {
 		a.store.Close()
 	}
+}
+
+// bootIDPath is where Linux exposes the ID of the current boot.
+const bootIDPath = "/proc/sys/kernel/random/boot_id"
+
+// bootID identifies this boot of the machine. $HABLOCK_BOOT_ID replaces
+// it: a fault-injection hook with which tests simulate a machine restart
+// (power loss) without rebooting.
+func bootID() (string, error) {
+	if id := os.Getenv("HABLOCK_BOOT_ID"); id != "" {
+		return id, nil
+	}
+	b, err := os.ReadFile(bootIDPath)
+	if err != nil {
+		return "", fmt.Errorf("machine boot ID: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// checkRestart finds out whether the machine restarted while this node
+// ran: the metadata says the node did not stop cleanly (its running
+// record is there) and that it ran under another boot. Then its page
+// cache is gone, and with it every write the node had completed (and
+// acknowledged) but not yet flushed: anywhere on the disk, not only in
+// the activity log's extents. The node then reports LostCache in its
+// handshake and resyncs the whole volume (see replication.State), and
+// FlagLostCache is persisted until it has connected, so another crash
+// before then does not forget it. A process that merely died (same
+// boot) lost nothing: the kernel still writes its page cache back.
+// Finally the running record is rewritten with this boot's ID.
+func (a *agent) checkRestart(gen meta.Generations) (bool, error) {
+	boot, err := bootID()
+	if err != nil {
+		return false, err
+	}
+	prev, running, err := a.store.Running()
+	if err != nil {
+		return false, err
+	}
+	lost := gen.Flags.Has(meta.FlagLostCache)
+	if running && prev != boot {
+		lost = true
+		a.log.Error("the machine restarted while this node was running (power loss or kernel crash): writes it had not flushed "+
+			"may be missing anywhere on its disk; the whole volume is marked out of sync and will be resynced "+
+			"(from the peer, unless this node's data is the newer)", "previous_boot", prev, "boot", boot)
+	}
+	switch {
+	case lost && !gen.Flags.Has(meta.FlagLostCache):
+		// Through the persister, whose view of the stored flags must
+		// stay exact (it skips writes that change nothing).
+		if err := a.persist.setFlags(gen.Flags|meta.FlagLostCache, gen); err != nil {
+			return false, err
+		}
+	case lost:
+		a.log.Warn("the machine restarted under this node earlier and it has not connected since: "+
+			"the whole volume is still marked out of sync", "boot", boot)
+	}
+	if err := a.store.SetRunning(boot); err != nil {
+		return false, err
+	}
+	return lost, nil
 }

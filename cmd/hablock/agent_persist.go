@@ -439,18 +439,21 @@ func (p *persister) genIDs(g replication.GenIDs) {
 	p.gen = gen
 }
 
-func (p *persister) setFlags(f meta.GenFlags, gen meta.Generations) {
+// setFlags persists the disk-state flags with gen (skipped when nothing
+// changed). An error is logged and returned; the next call retries.
+func (p *persister) setFlags(f meta.GenFlags, gen meta.Generations) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	gen.Flags = f
 	if gen == p.gen {
-		return
+		return nil
 	}
 	if err := p.store.SetGenerations(gen); err != nil {
 		p.log.Error("persist disk flags", "err", err)
-		return
+		return fmt.Errorf("persist disk flags: %w", err)
 	}
 	p.gen, p.flags = gen, f
+	return nil
 }
 
 func (p *persister) setRole(r meta.Role) error {

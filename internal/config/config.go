@@ -131,6 +131,13 @@ type Net struct {
 	// block in four billion, and verify exists to find them) or
 	// "crc32c" (cheaper on CPUs without SHA instructions).
 	VerifyAlg string
+	// CsumsAlg turns on checksum-based resync (DRBD's csums-alg):
+	// "sha256" makes the sync source send a digest of each range first
+	// and the data only where the target's digest differs, which saves
+	// the link when most blocks are equal (after a machine restart the
+	// whole volume is resynced, most of it unchanged); "none" (the
+	// default) sends the data of every out-of-sync block.
+	CsumsAlg string
 }
 
 // Node is one member of the resource. A disk node has a Backing store;
@@ -297,6 +304,7 @@ func DefaultNet() Net {
 		AfterSB1Pri:     "disconnect",
 		ResyncRate:      100 << 20,
 		VerifyAlg:       "sha256",
+		CsumsAlg:        "none",
 	}
 }
 

@@ -27,7 +27,7 @@ func TestExample(t *testing.T) {
 			VIP: netip.MustParsePrefix("10.250.0.100/24"), VIPInterface: "eth0"},
 		Net: Net{PingInterval: time.Second, PingTimeout: 500 * time.Millisecond, Timeout: 6 * time.Second,
 			KoCount: 7, ConnectRetryMin: time.Second, ConnectRetryMax: 10 * time.Second,
-			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", ResyncRate: 250 << 20, VerifyAlg: "sha256"},
+			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", ResyncRate: 250 << 20, VerifyAlg: "sha256", CsumsAlg: "none"},
 		Nodes: []Node{
 			{"n1", "10.250.0.1:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n1", "/run/hablock/r0-n1.sock", "", ""},
 			{"n2", "10.250.0.2:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n2", "/run/hablock/r0-n2.sock", "", ""},
@@ -189,6 +189,8 @@ func TestBroken(t *testing.T) {
 			`t.conf:15: witness: only one witness (first on line 14)`},
 		{"policy typo", "after-sb-0pri disconnect", "after-sb-0pri disconect",
 			`t.conf:7: net.after-sb-0pri: "disconect" is not one of disconnect, discard-younger-primary, discard-older-primary, discard-zero-changes, discard-least-changes, discard-node-NAME; did you mean disconnect?`},
+		{"csums typo", "after-sb-0pri disconnect", "after-sb-0pri disconnect; csums-alg sha265",
+			`t.conf:7: net.csums-alg: "sha265" is not one of none, sha256; did you mean sha256?`},
 		{"discard unknown node", "after-sb-0pri disconnect", "after-sb-0pri discard-node-w",
 			`t.conf:7: net.after-sb-0pri: "discard-node-w" names no disk node; want one of discard-node-n1, discard-node-n2`},
 		{"shared files on one host", "10.0.0.2:7789", "10.0.0.1:7800",

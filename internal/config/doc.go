@@ -38,6 +38,7 @@
 //	        after-sb-0pri disconnect ; after-sb-1pri disconnect
 //	        resync-rate 100M             # bytes/s; 0 or unlimited: no cap
 //	        verify-alg sha256            # or crc32c
+//	        csums-alg none               # or sha256: checksum-based resync
 //	    }
 //	    failover {
 //	        heartbeat-interval 50ms ; heartbeat-timeout 300ms ; vote-timeout 1s

@@ -43,7 +43,7 @@ func (r *Resource) Format(w io.Writer) error {
 		{"timeout", n.Timeout.String()}, {"ko-count", strconv.Itoa(n.KoCount)},
 		{"connect-retry-min", n.ConnectRetryMin.String()}, {"connect-retry-max", n.ConnectRetryMax.String()},
 		{"after-sb-0pri", n.AfterSB0Pri}, {"after-sb-1pri", n.AfterSB1Pri},
-		{"resync-rate", rate}, {"verify-alg", n.VerifyAlg},
+		{"resync-rate", rate}, {"verify-alg", n.VerifyAlg}, {"csums-alg", n.CsumsAlg},
 	} {
 		kv("        ", s[0], s[1])
 	}

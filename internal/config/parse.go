@@ -333,7 +333,7 @@ var (
 	sectionNames = []string{"iscsi", "net", "failover", "node", "witness"}
 	iscsiKeys    = []string{"iqn", "listen", "vip", "vip-interface"}
 	netKeys      = []string{"ping-interval", "ping-timeout", "timeout", "ko-count", "connect-retry-min",
-		"connect-retry-max", "after-sb-0pri", "after-sb-1pri", "resync-rate", "verify-alg"}
+		"connect-retry-max", "after-sb-0pri", "after-sb-1pri", "resync-rate", "verify-alg", "csums-alg"}
 	failoverKeys = []string{"heartbeat-interval", "heartbeat-timeout", "vote-timeout", "auto-failback",
 		"failback-settle", "probe-interval", "probe-timeout", "suspicion-mult", "suspicion-max-timeout-mult",
 		"gossip-interval", "reconnect-interval"}
@@ -540,6 +540,7 @@ func (in *interp) netSettings() map[string]setter {
 		"after-sb-1pri": func(v string) error { n.AfterSB1Pri = v; return nil },
 		"resync-rate":   func(v string) (err error) { n.ResyncRate, err = parseSize(v, true); return },
 		"verify-alg":    func(v string) error { n.VerifyAlg = v; return nil },
+		"csums-alg":     func(v string) error { n.CsumsAlg = v; return nil },
 	}
 }
 

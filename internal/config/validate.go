@@ -23,6 +23,7 @@ var (
 		"discard-zero-changes", "discard-least-changes"}
 	sb1Policies = []string{"disconnect", "consensus", "discard-secondary"}
 	verifyAlgs  = []string{"sha256", "crc32c"}
+	csumsAlgs   = []string{"none", "sha256"}
 )
 
 // Validate checks r without changing it and returns every problem found
@@ -172,6 +173,9 @@ func (v *validator) net() {
 	}
 	if !slices.Contains(verifyAlgs, n.VerifyAlg) {
 		v.errf("net.verify-alg", "%s", badChoice(n.VerifyAlg, verifyAlgs))
+	}
+	if !slices.Contains(csumsAlgs, n.CsumsAlg) {
+		v.errf("net.csums-alg", "%s", badChoice(n.CsumsAlg, csumsAlgs))
 	}
 }
 
