@@ -66,13 +66,16 @@ Initial sync (--sync-size, default 4G; 0 skips it)
   A separate pair (protocol C) whose n1 backing file is pre-filled with random
   data. raw copy: a read/write loop (1 MiB buffers; no copy_file_range, so
   no reflink shortcut) of that file to a new file in the same directory,
-  then fdatasync; timed once before and once after the sync, the page cache
-  of the source dropped (fadvise DONTNEED) before each; the reference speed
-  is the mean of the two. sync: n1 and n2 agents started and Connected, the
+  then fdatasync; an untimed warm-up copy first (the first read of a freshly
+  written file is slower on VMs whose disk the host caches), then timed once
+  before and once after the sync, the page cache of the source dropped
+  (fadvise DONTNEED) before each; the reference speed is the mean of the
+  two timed copies. sync: n1 and n2 agents started and Connected, the
   source's page cache dropped, then 'hablock primary --force' on n1; the
   clock runs from that command until n1's status (the admin socket's GET
   /v1/status, polled every 50 ms) shows peer-disk UpToDate and nothing out of
-  sync. MB/s = size / time. The sync phase alone (first poll that shows a
+  sync (the target's disk is flushed before it is declared UpToDate, as the
+  copy's fdatasync). MB/s = size / time. The sync phase alone (first poll that shows a
   sync under way to done) is reported too. Criterion: sync >= 0.80 x copy.
 
 Criteria of the issue, evaluated on this run:

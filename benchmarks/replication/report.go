@@ -330,9 +330,12 @@ func (r *report) body() string {
 	}
 
 	if s := r.Sync; s != nil {
-		p("\nFull initial sync of a %s volume (protocol C pair, n1 pre-filled with random data), against a raw copy of the same file on the same filesystem (read/write loop with 1 MiB buffers, then fdatasync; page cache of the source dropped first; once before and once after the sync):\n\n",
+		p("\nFull initial sync of a %s volume (protocol C pair, n1 pre-filled with random data), against a raw copy of the same file on the same filesystem (read/write loop with 1 MiB buffers, then fdatasync; page cache of the source dropped first; an untimed warm-up copy, then once before and once after the sync):\n\n",
 			bench.SizeLabel(s.Bytes))
 		p("| measurement | seconds | MB/s |\n|---|---:|---:|\n")
+		if w := s.WarmupSeconds; w > 0 {
+			p("| warm-up raw copy (not counted) | %.2f | %.0f |\n", w, float64(s.Bytes)/w/1e6)
+		}
 		for i, c := range s.CopySeconds {
 			p("| raw copy %d | %.2f | %.0f |\n", i+1, c, float64(s.Bytes)/c/1e6)
 		}
