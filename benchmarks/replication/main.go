@@ -68,9 +68,10 @@ Initial sync (--sync-size, default 4G; 0 skips it)
   no reflink shortcut) of that file to a new file in the same directory,
   then fdatasync; an untimed warm-up copy first (the first read of a freshly
   written file is slower on VMs whose disk the host caches), then timed once
-  before and once after the sync, the page cache of the source dropped
-  (fadvise DONTNEED) before each; the reference speed is the mean of the
-  two timed copies. sync: n1 and n2 agents started and Connected, the
+  before the first sync and once after each, the page cache of the source
+  dropped (fadvise DONTNEED) before each; --sync-rounds syncs (default 3),
+  each on a fresh pair (new metadata, empty n2), alternate with the copies.
+  The criterion compares the median sync time with the median copy time. sync: n1 and n2 agents started and Connected, the
   source's page cache dropped, then 'hablock primary --force' on n1; the
   clock runs from that command until n1's status (the admin socket's GET
   /v1/status, polled every 50 ms) shows peer-disk UpToDate and nothing out of
@@ -105,6 +106,7 @@ type options struct {
 	runTimeout  time.Duration
 	healthy     time.Duration
 	syncTimeout time.Duration
+	syncRounds  int
 	rssInterval time.Duration
 	warmup      bool
 	syncBetween bool
@@ -157,6 +159,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.runTimeout, "run-timeout", 60*time.Second, "kill a qemu-img run after this long and report a hang")
 	fs.DurationVar(&o.healthy, "healthy-timeout", 60*time.Second, "how long to wait for a pair to be Connected/UpToDate (initially and before each run)")
 	fs.DurationVar(&o.syncTimeout, "sync-timeout", 10*time.Minute, "give up on the timed initial sync after this long")
+	fs.IntVar(&o.syncRounds, "sync-rounds", 3, "initial syncs to time (each on a fresh pair, each followed by a raw copy); the medians are compared")
 	fs.DurationVar(&o.rssInterval, "rss-interval", 50*time.Millisecond, "VmRSS sampling period of the serving process")
 	fs.BoolVar(&o.warmup, "warmup", true, "one short untimed write run per configuration before measuring")
 	fs.BoolVar(&o.syncBetween, "sync-between", true, "sync(2) between runs (untimed)")
@@ -253,6 +256,9 @@ func newRunner(o options, args []string, log io.Writer) (*runner, error) {
 		}
 		if r.syncSize < 0 || r.syncSize%(1<<20) != 0 {
 			return nil, fmt.Errorf("--sync-size must be a multiple of 1 MiB")
+		}
+		if o.syncRounds < 1 || o.syncRounds > 20 {
+			return nil, fmt.Errorf("--sync-rounds: %d not in 1..20", o.syncRounds)
 		}
 	}
 	r.workloads, err = selectWorkloads(o.workloads, o.counts, o.scale)

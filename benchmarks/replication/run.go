@@ -210,10 +210,14 @@ func (r *runner) runOne(ctx context.Context, c config, w bench.Workload, repNo i
 
 // syncResult is the initial-sync measurement.
 type syncResult struct {
-	Bytes          int64     `json:"bytes"`
-	WarmupSeconds  float64   `json:"warmup_copy_seconds,omitempty"` // untimed for the ratio
-	CopySeconds    []float64 `json:"copy_seconds"`
-	CopyMBps       *float64  `json:"copy_mb_per_s"` // mean of the copies, MB = 10^6 bytes
+	Bytes         int64     `json:"bytes"`
+	WarmupSeconds float64   `json:"warmup_copy_seconds,omitempty"` // untimed for the ratio
+	CopySeconds   []float64 `json:"copy_seconds"`
+	CopyMBps      *float64  `json:"copy_mb_per_s"` // median of the copies, MB = 10^6 bytes
+	// SyncRuns and PhaseRuns are each round's sync time and sync-phase
+	// time; SyncSeconds and PhaseSeconds their medians.
+	SyncRuns       []float64 `json:"sync_seconds_each"`
+	PhaseRuns      []float64 `json:"sync_phase_seconds_each"`
 	SyncSeconds    float64   `json:"sync_seconds,omitempty"`
 	SyncMBps       *float64  `json:"sync_mb_per_s"`
 	PhaseSeconds   float64   `json:"sync_phase_seconds,omitempty"`
@@ -222,20 +226,20 @@ type syncResult struct {
 	PhaseRatio     *float64  `json:"sync_phase_over_copy"`
 	Reconnects     int       `json:"connection_drops_seen"`
 	FirstStatus    string    `json:"status_at_promotion,omitempty"`
-	StatusTimeline []string  `json:"status_changes,omitempty"`
+	StatusTimeline []string  `json:"status_changes,omitempty"` // first round
 	Error          string    `json:"error,omitempty"`
 }
 
-// measureSync times a raw copy, a full initial sync of a fresh pair, and a
-// raw copy again, of the same pre-filled file.
+// measureSync times, of the same pre-filled file, an untimed warm-up
+// copy, a raw copy, then --sync-rounds times a full initial sync of a
+// fresh pair followed by a raw copy: copies and syncs alternate, so slow
+// and fast phases of the machine's disk fall on both.
 func (r *runner) measureSync(ctx context.Context, bin, dir string, block []byte) (*syncResult, error) {
 	res := &syncResult{Bytes: r.syncSize}
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return res, err
 	}
-	p := &pair{bin: bin, dir: dir, res: "rsync", protocol: "C", size: r.syncSize}
-	defer p.stop()
-	src := p.backing(0)
+	src := (&pair{dir: dir}).backing(0)
 	r.logf("initial sync: pre-filling %s (%s)", src, bench.SizeLabel(r.syncSize))
 	if err := bench.Prefill(src, r.syncSize, block); err != nil {
 		return res, err
@@ -270,8 +274,36 @@ func (r *runner) measureSync(ctx context.Context, bin, dir string, block []byte)
 	if err := copyOnce(false); err != nil {
 		return res, err
 	}
+	for round := 1; round <= r.o.syncRounds; round++ {
+		p := &pair{bin: bin, dir: dir, res: "rsync", protocol: "C", size: r.syncSize}
+		secs, phase, err := r.syncOnce(ctx, p, res, round)
+		p.stop()
+		// The next round starts from fresh metadata and an empty n2.
+		for _, f := range []string{p.backing(1), filepath.Join(dir, "n1-meta"), filepath.Join(dir, "n2-meta")} {
+			_ = os.RemoveAll(f)
+		}
+		if err != nil {
+			res.compute()
+			return res, err
+		}
+		res.SyncRuns = append(res.SyncRuns, secs)
+		res.PhaseRuns = append(res.PhaseRuns, phase)
+		if err := copyOnce(false); err != nil {
+			return res, err
+		}
+	}
+	res.compute()
+	return res, nil
+}
+
+// syncOnce sets up the pair p (n1's backing file already holds the data),
+// promotes n1 with --force and times the full sync to n2; the first
+// round records n1's status changes in res.
+func (r *runner) syncOnce(ctx context.Context, p *pair, res *syncResult, round int) (secs, phase float64, err error) {
+	first := round == 1
+	src := p.backing(0)
 	if err := p.setup(ctx, r.logf); err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	// Both agents connected before the clock starts.
 	deadline := time.Now().Add(r.o.healthy)
@@ -280,24 +312,26 @@ func (r *runner) measureSync(ctx context.Context, bin, dir string, block []byte)
 		st, err := getStatus(ctx, p.socket(0))
 		if err == nil && st.Connection == "Connected" {
 			last = st.String()
-			res.StatusTimeline = append(res.StatusTimeline, "before: "+last)
+			if first {
+				res.StatusTimeline = append(res.StatusTimeline, "before: "+last)
+			}
 			break
 		}
 		if d := p.dead(); d != "" {
-			return res, fmt.Errorf("%s", d)
+			return 0, 0, fmt.Errorf("%s", d)
 		}
 		if time.Now().After(deadline) {
-			return res, fmt.Errorf("sync pair not Connected after %v: %v %v", r.o.healthy, st, err)
+			return 0, 0, fmt.Errorf("sync pair not Connected after %v: %v %v", r.o.healthy, st, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	if err := dropCache(src); err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	syscall.Sync()
 	t0 := time.Now()
 	if err := p.promote(ctx); err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	var tPhase time.Time
 	timeout := time.Now().Add(r.o.syncTimeout)
@@ -306,11 +340,13 @@ func (r *runner) measureSync(ctx context.Context, bin, dir string, block []byte)
 		now := time.Now()
 		if err == nil {
 			line := st.String()
-			if res.FirstStatus == "" {
+			if first && res.FirstStatus == "" {
 				res.FirstStatus = line
 			}
 			if line != last && (st.Connection != lastField(last, "connection:") || st.Replication != lastField(last, "replication:")) {
-				res.StatusTimeline = append(res.StatusTimeline, fmt.Sprintf("+%.2fs %s", now.Sub(t0).Seconds(), line))
+				if first {
+					res.StatusTimeline = append(res.StatusTimeline, fmt.Sprintf("+%.2fs %s", now.Sub(t0).Seconds(), line))
+				}
 				if lastField(last, "connection:") == "Connected" && st.Connection != "Connected" {
 					res.Reconnects++
 				}
@@ -320,33 +356,27 @@ func (r *runner) measureSync(ctx context.Context, bin, dir string, block []byte)
 				tPhase = now
 			}
 			if st.unhealthy() == "" {
-				res.SyncSeconds = now.Sub(t0).Seconds()
+				secs = now.Sub(t0).Seconds()
 				if !tPhase.IsZero() {
-					res.PhaseSeconds = now.Sub(tPhase).Seconds()
+					phase = now.Sub(tPhase).Seconds()
 				}
 				break
 			}
 		}
 		if d := p.dead(); d != "" {
-			return res, fmt.Errorf("during the sync: %s", d)
+			return 0, 0, fmt.Errorf("during the sync: %s", d)
 		}
 		if now.After(timeout) {
-			return res, fmt.Errorf("sync not done after %v; last status: %s", r.o.syncTimeout, last)
+			return 0, 0, fmt.Errorf("sync not done after %v; last status: %s", r.o.syncTimeout, last)
 		}
 		if ctx.Err() != nil {
-			return res, ctx.Err()
+			return 0, 0, ctx.Err()
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	r.logf("initial sync: %s in %.2f s (%.0f MB/s; sync phase %.2f s)", bench.SizeLabel(r.syncSize), res.SyncSeconds,
-		float64(r.syncSize)/res.SyncSeconds/1e6, res.PhaseSeconds)
-	p.stop()
-	_ = os.Remove(p.backing(1))
-	if err := copyOnce(false); err != nil {
-		return res, err
-	}
-	res.compute()
-	return res, nil
+	r.logf("initial sync %d: %s in %.2f s (%.0f MB/s; sync phase %.2f s)", round, bench.SizeLabel(r.syncSize), secs,
+		float64(r.syncSize)/secs/1e6, phase)
+	return secs, phase, nil
 }
 
 // lastField extracts "key:VALUE" from a status line ("" when absent).
@@ -362,11 +392,13 @@ func lastField(line, key string) string {
 // compute fills the rates (MB = 10^6 bytes) and ratios.
 func (s *syncResult) compute() {
 	if len(s.CopySeconds) > 0 {
-		var sum float64
-		for _, c := range s.CopySeconds {
-			sum += float64(s.Bytes) / c / 1e6
-		}
-		s.CopyMBps = bench.Num(sum / float64(len(s.CopySeconds)))
+		s.CopyMBps = bench.Num(float64(s.Bytes) / bench.Median(s.CopySeconds) / 1e6)
+	}
+	if len(s.SyncRuns) > 0 {
+		s.SyncSeconds = bench.Median(s.SyncRuns)
+	}
+	if len(s.PhaseRuns) > 0 {
+		s.PhaseSeconds = bench.Median(s.PhaseRuns)
 	}
 	if s.SyncSeconds > 0 {
 		s.SyncMBps = bench.Num(float64(s.Bytes) / s.SyncSeconds / 1e6)
