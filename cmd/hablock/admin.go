@@ -347,6 +347,12 @@ func formatStatus(st admin.Status) string {
 	if st.LastError != "" && st.Connection != "Connected" {
 		fmt.Fprintf(&b, "  last-error: %s\n", st.LastError)
 	}
+	if st.LostCache {
+		b.WriteString("  lost-cache: the machine restarted while this node ran; writes it had not flushed may be missing, so the whole volume is out of sync until the next connect resyncs it\n")
+	}
+	if st.CrashedPrimary {
+		b.WriteString("  crashed-primary: this node went down as Primary; the next connect resyncs its activity log's extents\n")
+	}
 	if st.SplitBrain || st.IsSplitBrain() {
 		node := st.Node
 		if node == "" {

@@ -36,6 +36,17 @@ func TestFormatStatus(t *testing.T) {
 		t.Errorf("a plain disconnect reported as split brain:\n%s", got)
 	}
 
+	// After a machine restart, before the next connect: said plainly.
+	st = admin.Status{Resource: "r0", Node: "n2", Peer: "n1", Role: "Secondary", Disk: "UpToDate", PeerRole: "Unknown",
+		PeerDisk: "DUnknown", Connection: "Connecting", Replication: "Off", Engine: true, OutOfSyncBytes: 32 << 20,
+		LostCache: true, CrashedPrimary: true}
+	got = formatStatus(st)
+	for _, s := range []string{"out-of-sync:32.0 MiB", "lost-cache: the machine restarted while this node ran", "crashed-primary: this node went down as Primary"} {
+		if !strings.Contains(got, s) {
+			t.Errorf("missing %q in:\n%s", s, got)
+		}
+	}
+
 	// After a split brain: said plainly, with what to run on which node.
 	st = admin.Status{Resource: "r0", Node: "n1", Peer: "n2", Role: "Secondary", Disk: "UpToDate", PeerRole: "Unknown",
 		PeerDisk: "DUnknown", Connection: "StandAlone", Replication: "Off", Engine: true, OutOfSyncBytes: 1 << 20,

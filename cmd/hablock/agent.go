@@ -649,8 +649,10 @@ func (a *agent) Status(context.Context) admin.Status {
 		Epoch: a.epoch, Size: a.id.Size, UUID: a.id.UUID.String(), Engine: true,
 		Counters: admin.Counters{Writes: s.Writes, BytesWritten: s.BytesWritten, BytesSent: s.BytesSent,
 			ResyncBytes: s.ResyncBytes, LocalErrors: s.LocalErrors},
-		LastError:    s.LastError,
-		VerifyResult: vres,
+		LastError:      s.LastError,
+		VerifyResult:   vres,
+		CrashedPrimary: a.crashPending.Load() && s.Connects == 0,
+		LostCache:      a.lostPending.Load() && s.Connects == 0,
 	}
 	if m := a.mgr.Load(); m != nil {
 		fs := m.Status()

@@ -493,7 +493,15 @@ func testSecondaryPowerLoss(t *testing.T, size int64, csums string, wantMoved ui
 	p.waitFor(t, 0, "degraded", 10*time.Second, func(st admin.Status) bool { return st.Connection != "Connected" })
 	before := p.status(t, 0).Counters.ResyncBytes
 	t.Setenv("HABLOCK_BOOT_ID", fmt.Sprintf("simulated-reboot-%d", time.Now().UnixNano()))
-	p.start(t, 1)
+	p.agent[1] = startAgent(t, "--config", p.conf[1], "--node", "n2", "--no-connect")
+	// Before it connects, status says what happened and what is pending.
+	if st := p.status(t, 1); !st.LostCache || st.OutOfSyncBytes != uint64(size) {
+		t.Errorf("n2 status after the machine restart: lost_cache %v, out_of_sync %d; want true, %d", st.LostCache, st.OutOfSyncBytes, size)
+	}
+	if out := p.admin(t, 1, "status"); !strings.Contains(out, "lost-cache: the machine restarted") {
+		t.Errorf("hablock status does not report the lost cache:\n%s", out)
+	}
+	p.admin(t, 1, "connect")
 	p.waitFor(t, 0, "in sync after the power loss", 60*time.Second, inSync)
 	p.waitFor(t, 1, "in sync after the power loss", 30*time.Second, inSync)
 	moved := p.status(t, 0).Counters.ResyncBytes - before
@@ -503,6 +511,9 @@ func testSecondaryPowerLoss(t *testing.T, size int64, csums string, wantMoved ui
 	}
 	if lg := p.agent[1].logText(); !strings.Contains(lg, "the machine restarted while this node was running") {
 		t.Errorf("n2 did not report the machine restart:\n%s", lg)
+	}
+	if st := p.status(t, 1); st.LostCache {
+		t.Error("n2 still reports lost_cache after the resync")
 	}
 	if !holds(t, p.img[1], 8<<20, 2<<20, 0x6b) {
 		t.Error("n2 lacks the write it acknowledged before the power loss")

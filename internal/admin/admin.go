@@ -187,6 +187,15 @@ type Status struct {
 	// (IsSplitBrain); recover with connect --discard-my-data on the node
 	// whose changes are to be lost. Filled by the Server.
 	SplitBrain bool `json:"split_brain,omitempty"`
+	// CrashedPrimary: this node went down as Primary without demoting
+	// and has not connected since; the next connect resyncs its
+	// activity log's extents with the bitmap.
+	CrashedPrimary bool `json:"crashed_primary,omitempty"`
+	// LostCache: the machine restarted while this node ran (power loss,
+	// kernel crash) and it has not connected since: writes it had not
+	// flushed may be missing anywhere, so the whole volume is marked out
+	// of sync and the next connect resyncs it.
+	LostCache bool `json:"lost_cache,omitempty"`
 	// Failover is the failover manager's view (quorum record, members,
 	// heartbeat ages, last decision, events); nil on a resource without a
 	// witness, where failover is manual.
