@@ -535,6 +535,54 @@ func testSecondaryPowerLoss(t *testing.T, size int64, csums string, wantMoved ui
 	}
 }
 
+// TestScenarioPrimaryPowerLoss: the Primary's machine loses power with
+// 2 MiB acknowledged (so on the Secondary) but not flushed on its own
+// disk; n2 is promoted and writes. n1 comes back under another boot ID:
+// Secondary, crashed-primary and lost-cache, the whole volume out of
+// sync; its connect resyncs all of it from n2, acknowledged write
+// included, and both files end equal.
+func TestScenarioPrimaryPowerLoss(t *testing.T) {
+	needScenarioTools(t)
+	const size = 32 << 20
+	p := newScenarioPair(t, "32M", size, "")
+	p.establish(t)
+	p.qemuIO(t, 0, "write -P 0x5a 0 4M", "flush", "write -P 0x6b 8M 2M")
+	p.waitFor(t, 0, "in sync", 30*time.Second, inSync)
+	p.agent[0].kill()
+	f, err := os.OpenFile(p.img[0], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 2<<20), 8<<20); err != nil { // the lost page cache
+		t.Fatal(err)
+	}
+	f.Close()
+
+	p.waitFor(t, 1, "disconnected from the dead n1", 30*time.Second, func(st admin.Status) bool {
+		return st.Connection != "Connected" && st.Disk == "UpToDate"
+	})
+	p.admin(t, 1, "primary")
+	p.qemuIO(t, 1, "write -P 0x77 20M 1M", "flush")
+
+	t.Setenv("HABLOCK_BOOT_ID", fmt.Sprintf("simulated-reboot-%d", time.Now().UnixNano()))
+	p.agent[0] = startAgent(t, "--config", p.conf[0], "--node", "n1", "--no-connect")
+	if st := p.status(t, 0); st.Role != "Secondary" || !st.LostCache || !st.CrashedPrimary || st.OutOfSyncBytes != size {
+		t.Fatalf("n1 after the power loss: role %s lost_cache %v crashed_primary %v out_of_sync %d; want Secondary, true, true, %d",
+			st.Role, st.LostCache, st.CrashedPrimary, st.OutOfSyncBytes, size)
+	}
+	before := p.status(t, 1).Counters.ResyncBytes
+	p.admin(t, 0, "connect")
+	p.waitFor(t, 1, "in sync with the returned n1", 60*time.Second, inSync)
+	if moved := p.status(t, 1).Counters.ResyncBytes - before; moved != size {
+		t.Errorf("resync from n2 moved %d bytes, want the whole volume (%d)", moved, size)
+	}
+	if !holds(t, p.img[0], 8<<20, 2<<20, 0x6b) || !holds(t, p.img[0], 20<<20, 1<<20, 0x77) {
+		t.Error("n1 lacks the acknowledged write it lost, or n2's write")
+	}
+	p.stopBoth(t)
+	p.assertFilesEqual(t)
+}
+
 // splitBrain brings the pair to a split brain: connected with n1 Primary,
 // then both disconnect, n2 is promoted with --force, and each writes its
 // own data (n1: 1 MiB of 0xa1 at 1 MiB; n2: 1 MiB of 0xb2 at 1 MiB and
