@@ -50,13 +50,22 @@ type Config struct {
 	// before it is declared dead (default 500 ms, as DRBD). A read
 	// deadline of PingInterval+PingTimeout is set before every frame.
 	PingTimeout time.Duration
-	// Timeout bounds every network send and the age of the oldest
-	// unacknowledged request (default 4 s; DRBD's 'timeout' is 6 s).
-	// Past it the peer is considered dead and the volume goes degraded.
+	// Timeout bounds every network send, and KoCount x Timeout the age
+	// of the oldest unacknowledged request (default 4 s; DRBD's
+	// 'timeout' is 6 s). Past either the peer is considered dead and the
+	// volume goes degraded.
 	// Lower than DRBD because the SCSI initiators in front of us time
 	// out commands after tens of seconds and must see a completion
 	// well before that. Must exceed PingTimeout.
 	Timeout time.Duration
+	// KoCount is DRBD's ko-count: a peer that keeps the link alive (it
+	// answers Pings) but leaves a request unacknowledged for KoCount x
+	// Timeout is expelled: the link is dropped, the Primary goes on
+	// degraded (recording writes in the bitmap) and reconnects as after
+	// any failure. It bounds how long a dying peer disk can stall the
+	// Primary's writes. Default 1; 0: never expel for a slow request
+	// (a silent peer is still dropped by the ping deadline).
+	KoCount int
 	// HandshakeTimeout bounds the connect-time exchange (handshake,
 	// bitmaps, sync UUID); new writes wait while it runs (default 2 s).
 	HandshakeTimeout time.Duration
@@ -117,6 +126,11 @@ type Config struct {
 	// (default 256 KiB, a multiple of BlockSize, at most MaxData). A
 	// mismatching range is re-checked block by block.
 	VerifyChunk int
+	// VerifyAlgo is the digest online verify compares (DRBD's
+	// verify-alg): ChecksumSHA256 (the default; zero means it) or
+	// ChecksumCRC32C (cheaper, but one differing range in 2^32 goes
+	// unnoticed). Checksum-based resync always uses SHA-256.
+	VerifyAlgo ChecksumAlgo
 
 	// SplitBrain is the automatic split-brain recovery policy (default:
 	// always disconnect).
@@ -145,6 +159,7 @@ func DefaultConfig() Config {
 		PingInterval:      time.Second,
 		PingTimeout:       500 * time.Millisecond,
 		Timeout:           4 * time.Second,
+		KoCount:           1,
 		HandshakeTimeout:  2 * time.Second,
 		ConnectRetryMin:   100 * time.Millisecond,
 		ConnectRetryMax:   5 * time.Second,
@@ -202,6 +217,10 @@ func (c Config) Validate() error {
 		return bad("ResyncInflight", "%d not in 1..1024", c.ResyncInflight)
 	case c.VerifyChunk <= 0 || c.VerifyChunk > MaxData || c.VerifyChunk%int(bs) != 0:
 		return bad("VerifyChunk", "%d: want a multiple of BlockSize %d up to %d", c.VerifyChunk, bs, MaxData)
+	case c.KoCount < 0:
+		return bad("KoCount", "%d is negative", c.KoCount)
+	case c.VerifyAlgo != 0 && c.VerifyAlgo.Size() == 0:
+		return bad("VerifyAlgo", "%d: want ChecksumSHA256 or ChecksumCRC32C", c.VerifyAlgo)
 	}
 	if err := c.SplitBrain.Validate(); err != nil {
 		return fmt.Errorf("%w: SplitBrain: %w", ErrInvalidConfig, err)

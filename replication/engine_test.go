@@ -584,7 +584,15 @@ func TestSplitBrainAndUnrelatedRefused(t *testing.T) {
 }
 
 func TestVerifyFindsCorruptionAndRepairs(t *testing.T) {
-	pr := newPair(t, testConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
+	for _, algo := range []ChecksumAlgo{0, ChecksumSHA256, ChecksumCRC32C} {
+		t.Run(fmt.Sprintf("algo=%v", algo), func(t *testing.T) { testVerifyFindsCorruptionAndRepairs(t, algo) })
+	}
+}
+
+func testVerifyFindsCorruptionAndRepairs(t *testing.T, algo ChecksumAlgo) {
+	cfg := testConfig()
+	cfg.VerifyAlgo = algo
+	pr := newPair(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, nil)
 	pr.waitInSync(5 * time.Second)
 	r := rand.New(rand.NewPCG(5, 5))
 	if _, err := pr.p.v.WriteAt(randBytes(r, testSize), 0); err != nil {
@@ -956,6 +964,37 @@ func TestUnackedWriteTimeoutGoesDegraded(t *testing.T) {
 	}
 	if st := n.v.Status(); st.OutOfSyncBytes != 8192 || st.Conn != Unconnected {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// KoCount x Timeout is how long a peer that answers pings may leave a
+// write unacknowledged (a slow or dying disk) before it is expelled.
+// The Secondary's disk takes 600 ms per write; Timeout is 250 ms.
+func TestKoCountExpelsSlowPeer(t *testing.T) {
+	for _, c := range []struct {
+		ko     int
+		expels bool
+	}{{1, true}, {4, false}, {0, false}} {
+		t.Run(fmt.Sprintf("ko-count=%d", c.ko), func(t *testing.T) {
+			cfg := testConfig()
+			cfg.PingTimeout = 150 * time.Millisecond
+			cfg.Timeout = 250 * time.Millisecond
+			cfg.KoCount = c.ko
+			smem := blockdev.NewMemory(testSize)
+			slow := blockdev.NewFaulty(smem)
+			pr := newPairDev(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, slow, smem)
+			pr.waitInSync(5 * time.Second)
+			slow.Inject(blockdev.Rule{Ops: blockdev.OpWrite, Latency: 600 * time.Millisecond})
+			if _, err := pr.p.v.WriteAt(bytes.Repeat([]byte{7}, 8192), 0); err != nil {
+				t.Fatal(err)
+			}
+			st := pr.p.v.Status()
+			expelled := st.Connects > 1 || st.Conn != Connected || st.OutOfSyncBytes > 0
+			if expelled != c.expels {
+				t.Fatalf("ko-count %d, timeout %v, peer write 600 ms: expelled %v (status %v connects %d out-of-sync %d), want %v",
+					c.ko, cfg.Timeout, expelled, st.Conn, st.Connects, st.OutOfSyncBytes, c.expels)
+			}
+		})
 	}
 }
 

@@ -794,9 +794,12 @@ func (l *link) pinger() {
 		case <-ping.C:
 			nonce++
 			l.send(&Ping{Nonce: nonce})
-			if age := l.oldestRequest(); age > cfg.Timeout {
-				l.fail(fmt.Errorf("%w: request unacknowledged for %v (Timeout %v)", ErrPeerGone, age.Round(time.Millisecond), cfg.Timeout))
-				return
+			if ko := time.Duration(cfg.KoCount) * cfg.Timeout; ko > 0 {
+				if age := l.oldestRequest(); age > ko {
+					l.fail(fmt.Errorf("%w: request unacknowledged for %v (ko-count %d x timeout %v): peer expelled",
+						ErrPeerGone, age.Round(time.Millisecond), cfg.KoCount, cfg.Timeout))
+					return
+				}
 			}
 		}
 	}

@@ -505,7 +505,11 @@ func (l *link) startVerify(off, n uint64) (*verifyOp, error) {
 		v.localFailed(err)
 		return nil, fmt.Errorf("replication: verify read: %w", err)
 	}
-	op := &verifyOp{off: off, n: n, local: digest(ChecksumSHA256, buf), ch: make(chan *VerifyReply, 1)}
+	algo := v.cfg.VerifyAlgo
+	if algo == 0 {
+		algo = ChecksumSHA256
+	}
+	op := &verifyOp{off: off, n: n, local: digest(algo, buf), ch: make(chan *VerifyReply, 1)}
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -515,7 +519,7 @@ func (l *link) startVerify(off, n uint64) (*verifyOp, error) {
 	id := l.nextID
 	l.verifies[id] = op.ch
 	l.mu.Unlock()
-	req := &VerifyRequest{ChecksumRequest{ID: id, Offset: off, Length: uint32(n), Algo: ChecksumSHA256}}
+	req := &VerifyRequest{ChecksumRequest{ID: id, Offset: off, Length: uint32(n), Algo: algo}}
 	if err := l.send(req); err != nil {
 		return nil, err
 	}

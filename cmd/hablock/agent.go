@@ -517,8 +517,11 @@ func replicationConfig(res *config.Resource, size int64) (replication.Config, er
 	// (DRBD's fencing resource-only, with the quorum as fence-peer).
 	c.Fencing = res.Witness != nil
 	c.ResyncChecksums = n.CsumsAlg == "sha256"
-	// TODO(issue 3): net.ko-count and net.verify-alg have no engine
-	// counterpart yet (verify always uses sha256; no ko-count expulsion).
+	c.VerifyAlgo = replication.ChecksumSHA256
+	if n.VerifyAlg == "crc32c" {
+		c.VerifyAlgo = replication.ChecksumCRC32C
+	}
+	c.KoCount = n.KoCount
 	return c, c.Validate()
 }
 

@@ -100,11 +100,13 @@ type Net struct {
 	// link. Default 6s, DRBD's, above a disk's worst ordinary latency.
 	// Must be positive.
 	Timeout time.Duration
-	// KoCount: a peer that keeps answering Pings but leaves one write
-	// unanswered for KoCount Timeouts is expelled (disconnected and
-	// treated as Outdated), so a dying secondary disk cannot stall the
-	// Primary forever. Default 7 (DRBD's): 42s with the default Timeout.
-	// Zero: never expel.
+	// KoCount: a peer that keeps answering Pings but leaves one request
+	// unanswered for KoCount Timeouts is expelled (the link is dropped;
+	// the Primary goes on degraded, recording writes in the bitmap, and
+	// reconnects as after any failure), so a dying secondary disk cannot
+	// stall the Primary forever. Default 4: 24s with the default Timeout,
+	// inside the 30s after which Linux initiators fail a SCSI command
+	// (DRBD's 7 would give 42s). Zero: never expel for a slow request.
 	KoCount int
 	// ConnectRetryMin and ConnectRetryMax bound the pause between
 	// attempts to (re)connect to the peer: it starts at Min and doubles
@@ -297,7 +299,7 @@ func DefaultNet() Net {
 		PingInterval:    time.Second,
 		PingTimeout:     500 * time.Millisecond,
 		Timeout:         6 * time.Second,
-		KoCount:         7,
+		KoCount:         4,
 		ConnectRetryMin: time.Second,
 		ConnectRetryMax: 10 * time.Second,
 		AfterSB0Pri:     "disconnect",

@@ -26,7 +26,7 @@ func TestExample(t *testing.T) {
 		ISCSI: ISCSI{IQN: "iqn.2026-11.io.hablock:r0", Listen: "0.0.0.0:3260",
 			VIP: netip.MustParsePrefix("10.250.0.100/24"), VIPInterface: "eth0"},
 		Net: Net{PingInterval: time.Second, PingTimeout: 500 * time.Millisecond, Timeout: 6 * time.Second,
-			KoCount: 7, ConnectRetryMin: time.Second, ConnectRetryMax: 10 * time.Second,
+			KoCount: 4, ConnectRetryMin: time.Second, ConnectRetryMax: 10 * time.Second,
 			AfterSB0Pri: "disconnect", AfterSB1Pri: "disconnect", ResyncRate: 250 << 20, VerifyAlg: "sha256", CsumsAlg: "none"},
 		Nodes: []Node{
 			{"n1", "10.250.0.1:7789", "/var/lib/hablock/r0.img", "/var/lib/hablock/r0-n1", "/run/hablock/r0-n1.sock", "", ""},

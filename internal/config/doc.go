@@ -33,7 +33,7 @@
 //	        vip-interface eth0              # required with vip
 //	    }
 //	    net {
-//	        ping-interval 1s  ; ping-timeout 500ms ; timeout 6s ; ko-count 7
+//	        ping-interval 1s  ; ping-timeout 500ms ; timeout 6s ; ko-count 4
 //	        connect-retry-min 1s ; connect-retry-max 10s
 //	        after-sb-0pri disconnect ; after-sb-1pri disconnect
 //	        resync-rate 100M             # bytes/s; 0 or unlimited: no cap
