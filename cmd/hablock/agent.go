@@ -69,8 +69,9 @@ machine (power loss, kernel crash) cannot tell which unflushed writes its
 disk lost, so it marks the whole volume out of sync and says so in the
 log: it is resynced from the peer (only the blocks that differ when
 net.csums-alg is sha256), or, when its generation is the newer, it
-resyncs all of the peer. A resync target's disk is flushed before it becomes UpToDate,
-and blocks are recorded in sync only after the flush that makes them so.
+resyncs all of the peer; "hablock status" shows "lost-cache" until then.
+A resync target's disk is flushed before it becomes UpToDate, and blocks
+are recorded in sync only after the flush that makes them so.
 $HABLOCK_BOOT_ID, when set, replaces the machine's boot ID (tests use it
 to simulate a restart).
 
