@@ -54,6 +54,8 @@ type tnode struct {
 	mem *blockdev.Memory
 	dev blockdev.Device
 	gi  atomic.Pointer[GenIDs] // last OnGenIDs
+	// disk is the last OnDiskState (the state as persisted).
+	disk atomic.Int32
 	// pbm is the bitmap as persisted through OnBitmapDirty/OnBitmapClean.
 	pmu sync.Mutex
 	pbm *Bitmap
@@ -76,12 +78,14 @@ func newNode(t testing.TB, dev blockdev.Device, mem *blockdev.Memory, st State, 
 	}
 	g := st.GI
 	n.gi.Store(&g)
+	n.disk.Store(int32(st.Disk))
 	n.pbm, _ = NewBitmap(uint64(dev.Size()), cfg.blockSize())
 	if st.Bitmap != nil {
 		n.pbm.Merge(st.Bitmap)
 	}
 	v.SetHooks(Hooks{
-		OnGenIDs: func(g GenIDs) { n.gi.Store(&g) },
+		OnGenIDs:    func(g GenIDs) { n.gi.Store(&g) },
+		OnDiskState: func(d DiskState) { n.disk.Store(int32(d)) },
 		OnBitmapDirty: func(off, l uint64) {
 			n.pmu.Lock()
 			n.pbm.Set(off, l)
@@ -800,6 +804,58 @@ func TestSecondaryPowerLossResyncsEverything(t *testing.T) {
 	pr.waitInSync(10 * time.Second)
 	if moved := pr.p.v.resyncBytes.Load() - before; moved != 0 {
 		t.Fatalf("a plain reconnect after that resynced %d bytes", moved)
+	}
+}
+
+// writeWatch counts writes made while check() is false.
+type writeWatch struct {
+	blockdev.Device
+	check func() bool
+	bad   atomic.Int64
+}
+
+func (w *writeWatch) WriteAt(p []byte, off int64) (int, error) {
+	if !w.check() {
+		w.bad.Add(1)
+	}
+	return w.Device.WriteAt(p, off)
+}
+
+// A resync target reports Inconsistent through OnDiskState (which the
+// agent persists) before the first resynced block reaches its disk, and
+// UpToDate only at the end: a crash in between never restarts a
+// half-synced disk as UpToDate.
+func TestDiskStateHookBeforeResyncWrites(t *testing.T) {
+	cfg := testConfig()
+	smem := blockdev.NewMemory(testSize)
+	var sn atomic.Pointer[tnode]
+	watch := &writeWatch{Device: smem, check: func() bool {
+		n := sn.Load()
+		return n == nil || DiskState(n.disk.Load()) == Inconsistent
+	}}
+	pr := newPairDev(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, watch, smem)
+	pr.waitInSync(5 * time.Second)
+	pr.blocked.Store(true)
+	pr.killLink()
+	waitFor(t, "primary degraded", 5*time.Second, func() bool { return pr.p.v.Status().Conn != Connected })
+	r := rand.New(rand.NewPCG(13, 13))
+	for i := 0; i < 32; i++ {
+		if _, err := pr.p.v.WriteAt(randBytes(r, 8192), int64(r.IntN(testSize/8192))*8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sn.Store(pr.s) // from here on every write to n2 is resync data
+	before := pr.p.v.resyncBytes.Load()
+	pr.blocked.Store(false)
+	pr.waitInSync(10 * time.Second)
+	if pr.p.v.resyncBytes.Load() == before {
+		t.Fatal("test setup: nothing was resynced")
+	}
+	if n := watch.bad.Load(); n != 0 {
+		t.Fatalf("%d resync writes reached the target's disk while its persisted disk state was not Inconsistent", n)
+	}
+	if d := DiskState(pr.s.disk.Load()); d != UpToDate {
+		t.Fatalf("after the resync the persisted disk state is %v, want UpToDate", d)
 	}
 }
 

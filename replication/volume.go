@@ -121,6 +121,12 @@ type Hooks struct {
 	// OnGenIDs is called with the new GIs whenever they change, before
 	// anything is done in the new generation.
 	OnGenIDs func(GenIDs)
+	// OnDiskState is called with the local disk state whenever it
+	// changes, before anything is done in the new state (a resync
+	// target is Inconsistent before the first resynced block is
+	// written): persist it before returning, so that a crash never
+	// restarts a half-synced disk as UpToDate.
+	OnDiskState func(DiskState)
 	// OnBitmapDirty is called when bytes [off, off+n) (whole blocks)
 	// become out of sync, before the write that caused it completes.
 	OnBitmapDirty func(off, n uint64)
@@ -363,6 +369,9 @@ func (v *Volume) setDiskLocked(to DiskState, why string) {
 		return
 	}
 	v.log.Info("disk state", "state", to.String(), "from", from.String(), "reason", why)
+	if v.hooks.OnDiskState != nil {
+		v.hooks.OnDiskState(to)
+	}
 }
 
 func (v *Volume) setPeerDiskLocked(to DiskState) {

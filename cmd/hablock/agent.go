@@ -425,6 +425,7 @@ func (a *agent) newVolume(st replication.State) (*replication.Volume, error) {
 	}
 	v.SetHooks(replication.Hooks{
 		OnGenIDs:       a.persist.genIDs,
+		OnDiskState:    a.persist.diskState,
 		OnBitmapDirty:  a.persist.dirty,
 		OnBitmapMerged: a.persist.merged,
 		OnBitmapClean:  a.persist.clean,
@@ -564,14 +565,20 @@ func diskFromFlags(f meta.GenFlags) replication.DiskState {
 	return replication.Outdated
 }
 
-func flagsFor(s replication.VolumeStatus, crashed, lost bool) meta.GenFlags {
+// diskFlags are the flags that record the local disk state d.
+func diskFlags(d replication.DiskState) meta.GenFlags {
 	var f meta.GenFlags
-	if s.Disk >= replication.Outdated && s.Disk != replication.DUnknown {
+	if d >= replication.Outdated && d != replication.DUnknown {
 		f |= meta.FlagConsistent
 	}
-	if s.Disk == replication.UpToDate {
+	if d == replication.UpToDate {
 		f |= meta.FlagWasUpToDate
 	}
+	return f
+}
+
+func flagsFor(s replication.VolumeStatus, crashed, lost bool) meta.GenFlags {
+	f := diskFlags(s.Disk)
 	if s.PeerDisk == replication.Outdated {
 		f |= meta.FlagPeerOutdated
 	}
@@ -593,11 +600,9 @@ func (a *agent) volume() *replication.Volume {
 // watch persists the disk-state flags and the lazily cleaned bitmap
 // chunks, and logs nothing itself (the engine logs each change).
 //
-// TODO(issue 3): the engine has no hook for disk-state changes, so the
-// flags (consistent, was-up-to-date, peer-outdated) are persisted by this
-// poll, up to watchInterval late; a crash inside that window restarts
-// with the previous disk state. A Hooks.OnDiskState in replication would
-// make it exact.
+// The disk-state flags (consistent, was-up-to-date) are persisted at once
+// by Hooks.OnDiskState; this poll also records peer-outdated and the
+// crashed-primary and lost-cache flags.
 func (a *agent) watch() {
 	defer a.wg.Done()
 	t := time.NewTicker(watchInterval)
@@ -624,7 +629,7 @@ func (a *agent) sync() {
 		a.crashPending.Store(false) // the handshake has used it
 		a.lostPending.Store(false)
 	}
-	a.persist.setFlags(flagsFor(s, s.Role == replication.RolePrimary || a.crashPending.Load(), a.lostPending.Load()), replicationGen(s.GI))
+	a.persist.updateFlags(flagsFor(s, s.Role == replication.RolePrimary || a.crashPending.Load(), a.lostPending.Load()))
 	if s.PeerDisk != replication.DUnknown {
 		a.persist.setPeerDisk(s.PeerDisk.String())
 	}
@@ -878,7 +883,7 @@ func (a *agent) Primary(ctx context.Context, force bool) error {
 	// Record the role (and that a crash from now on is a crashed
 	// Primary) before the first write can happen.
 	s = v.Status()
-	a.persist.setFlags(flagsFor(s, true, a.lostPending.Load()), replicationGen(s.GI))
+	a.persist.updateFlags(flagsFor(s, true, a.lostPending.Load()))
 	if err := a.persist.setRole(meta.Primary); err != nil {
 		return err
 	}

@@ -52,7 +52,7 @@ func (a *agent) Promote(ctx context.Context, epoch uint64, peerOutdated bool, cl
 			return fmt.Errorf("promote for epoch %d: local disk is %v, not UpToDate", epoch, s.Disk)
 		}
 		s = v.Status()
-		a.persist.setFlags(flagsFor(s, true, a.lostPending.Load()), replicationGen(s.GI))
+		a.persist.updateFlags(flagsFor(s, true, a.lostPending.Load()))
 		if err := a.persist.setRole(meta.Primary); err != nil {
 			return err
 		}

@@ -439,11 +439,49 @@ func (p *persister) genIDs(g replication.GenIDs) {
 	p.gen = gen
 }
 
+// diskState is Hooks.OnDiskState: the consistent and was-up-to-date
+// flags follow the local disk state before the engine acts in it (a
+// resync target is recorded Inconsistent before its first resynced
+// block is written). Called under the engine's lock, like genIDs.
+func (p *persister) diskState(d replication.DiskState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f := p.flags&^diskFlagMask | diskFlags(d)
+	if f == p.flags && p.gen.Flags == f {
+		return
+	}
+	gen := p.gen
+	gen.Flags = f
+	if err := p.store.SetGenerations(gen); err != nil {
+		p.log.Error("persist disk state", "err", err, "disk", d.String())
+		return
+	}
+	p.gen, p.flags = gen, f
+}
+
+// diskFlagMask are the flags diskState owns.
+const diskFlagMask = meta.FlagConsistent | meta.FlagWasUpToDate
+
+// updateFlags is setFlags for callers working from a status snapshot
+// (the periodic poll, promotion), which may be older than what the hooks
+// have persisted since: it changes only the flags the hooks do not own
+// (crashed-primary, lost-cache, peer-outdated), keeping the persisted
+// generations and disk-state flags.
+func (p *persister) updateFlags(f meta.GenFlags) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.setFlagsLocked(f&^diskFlagMask|p.flags&diskFlagMask, p.gen)
+}
+
 // setFlags persists the disk-state flags with gen (skipped when nothing
 // changed). An error is logged and returned; the next call retries.
 func (p *persister) setFlags(f meta.GenFlags, gen meta.Generations) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	return p.setFlagsLocked(f, gen)
+}
+
+func (p *persister) setFlagsLocked(f meta.GenFlags, gen meta.Generations) error {
 	gen.Flags = f
 	if gen == p.gen {
 		return nil

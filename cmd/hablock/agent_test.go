@@ -455,3 +455,47 @@ func TestPersisterCleanOnlyAfterDurable(t *testing.T) {
 		t.Fatalf("idle flushAll: %v, %d flushes", err, flushes)
 	}
 }
+
+// TestPersisterDiskStateHook: the disk-state flags follow Hooks.OnDiskState
+// at once, and the poll (updateFlags, from an older status snapshot)
+// neither undoes them nor rolls back generations the hooks persisted.
+func TestPersisterDiskStateHook(t *testing.T) {
+	dir := t.TempDir()
+	st, err := meta.Create(dir, meta.Identity{UUID: blockdev.NewUUID(), Size: 1 << 30, BlockSize: 512, Resource: "r0", Node: "n1"},
+		false, meta.DefaultOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	bm, _ := replication.NewBitmap(1<<30, 4096)
+	p, err := newPersister(st, bm, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := func() meta.Generations {
+		s, err := st.State()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.Gen
+	}
+	p.genIDs(replication.GenIDs{Current: 0x10})
+	p.diskState(replication.UpToDate)
+	if g := stored(); !g.Flags.Has(meta.FlagConsistent|meta.FlagWasUpToDate) || g.Current != 0x10 {
+		t.Fatalf("after UpToDate: %+v", g)
+	}
+	// A resync starts: new generation, then Inconsistent, both at once.
+	p.genIDs(replication.GenIDs{Current: 0x20, Bitmap: 0x10})
+	p.diskState(replication.Inconsistent)
+	if g := stored(); g.Flags.Has(meta.FlagConsistent) || g.Flags.Has(meta.FlagWasUpToDate) || g.Current != 0x20 {
+		t.Fatalf("after Inconsistent: %+v", g)
+	}
+	// The poll, working from a status taken before both: it may add
+	// peer-outdated, never bring back UpToDate or the old generation.
+	if err := p.updateFlags(meta.FlagConsistent | meta.FlagWasUpToDate | meta.FlagPeerOutdated); err != nil {
+		t.Fatal(err)
+	}
+	if g := stored(); g.Flags.Has(meta.FlagConsistent) || !g.Flags.Has(meta.FlagPeerOutdated) || g.Current != 0x20 || g.Bitmap != 0x10 {
+		t.Fatalf("after the poll: %+v", g)
+	}
+}
