@@ -807,6 +807,31 @@ func TestSecondaryPowerLossResyncsEverything(t *testing.T) {
 	}
 }
 
+// The resync source waits for the target's flush before it finishes;
+// a link that dies meanwhile must still come down (its teardown, which
+// fails pending flushes, waits for the resync goroutine to return).
+func TestLinkDiesWhileResyncWaitsForTargetFlush(t *testing.T) {
+	cfg := testConfig()
+	pmem := blockdev.NewMemory(testSize)
+	pmem.WriteAt(randBytes(rand.New(rand.NewPCG(14, 14)), testSize), 0)
+	smem := blockdev.NewMemory(testSize)
+	slow := blockdev.NewFaulty(smem)
+	slow.Inject(blockdev.Rule{Ops: blockdev.OpFlush, Latency: time.Hour})
+	fresh := State{VolumeUUID: testVolUUID, NodeName: "b", Role: RoleSecondary, Disk: Inconsistent, GI: NewGenIDs()}
+	pr := newPairDev(t, cfg, syncedState("a", RolePrimary), fresh, nil, pmem, slow, smem)
+	waitFor(t, "all data resynced, the final flush pending", 10*time.Second, func() bool {
+		s := pr.p.v.Status()
+		return s.Repl == SyncSource && s.OutOfSyncBytes == 0 && s.ResyncDone == testSize
+	})
+	pr.blocked.Store(true)
+	pr.killLink()
+	waitFor(t, "the link torn down", 5*time.Second, func() bool { return pr.p.v.Status().Conn != Connected })
+	if st := pr.s.v.Status(); st.Disk == UpToDate {
+		t.Fatal("the target became UpToDate without its flush")
+	}
+	slow.Clear() // let the secondary's stuck flush finish so the pair can close
+}
+
 // writeWatch counts writes made while check() is false.
 type writeWatch struct {
 	blockdev.Device

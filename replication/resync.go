@@ -294,7 +294,15 @@ func (l *link) flushTarget() (again, ok bool) {
 	if ch == nil {
 		return false, false
 	}
-	if err := <-ch; err != nil {
+	var err error
+	select {
+	case err = <-ch:
+	case <-l.dead:
+		// Not the ack: teardown, which fails pending flushes, runs only
+		// once this goroutine (one of the link's) has returned.
+		return false, false
+	}
+	if err != nil {
 		if !errors.Is(err, ErrPeerGone) {
 			l.log.Error("resync target failed to flush its disk; resync not finished", "err", err)
 		}

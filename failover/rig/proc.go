@@ -72,8 +72,10 @@ func (p *proc) kill() {
 	<-p.done
 }
 
-// stop sends sig and waits up to grace, then SIGKILLs. It reports an
-// error when the process had to be killed.
+// stop sends sig and waits up to grace, then SIGQUITs (a Go process,
+// such as an agent, writes every goroutine's stack to its log and exits:
+// the record of where it hung) and SIGKILLs what is left two seconds
+// later. It reports an error when the process had to be killed.
 func (p *proc) stop(sig syscall.Signal, grace time.Duration) error {
 	if p == nil || p.exited() {
 		return nil
@@ -83,9 +85,14 @@ func (p *proc) stop(sig syscall.Signal, grace time.Duration) error {
 	case <-p.done:
 		return nil
 	case <-time.After(grace):
-		p.kill()
-		return fmt.Errorf("%s (pid %d) ignored %v for %v and was killed", p.name, p.pid(), sig, grace)
 	}
+	_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-p.done:
+	case <-time.After(2 * time.Second):
+		p.kill()
+	}
+	return fmt.Errorf("%s (pid %d) ignored %v for %v and was stopped with SIGQUIT (goroutine dump in its log) or SIGKILL", p.name, p.pid(), sig, grace)
 }
 
 // exitErr is the process's exit error (nil while running or on success).
