@@ -815,10 +815,12 @@ func TestLinkDiesWhileResyncWaitsForTargetFlush(t *testing.T) {
 	pmem := blockdev.NewMemory(testSize)
 	pmem.WriteAt(randBytes(rand.New(rand.NewPCG(14, 14)), testSize), 0)
 	smem := blockdev.NewMemory(testSize)
-	slow := blockdev.NewFaulty(smem)
-	slow.Inject(blockdev.Rule{Ops: blockdev.OpFlush, Latency: time.Hour})
+	slow := &gatedFlush{Device: smem, gate: make(chan struct{})}
 	fresh := State{VolumeUUID: testVolUUID, NodeName: "b", Role: RoleSecondary, Disk: Inconsistent, GI: NewGenIDs()}
 	pr := newPairDev(t, cfg, syncedState("a", RolePrimary), fresh, nil, pmem, slow, smem)
+	// Registered after the pair's cleanup, so it runs first: the
+	// secondary's held flush returns and the pair can close.
+	t.Cleanup(slow.open)
 	waitFor(t, "all data resynced, the final flush pending", 10*time.Second, func() bool {
 		s := pr.p.v.Status()
 		return s.Repl == SyncSource && s.OutOfSyncBytes == 0 && s.ResyncDone == testSize
@@ -829,8 +831,21 @@ func TestLinkDiesWhileResyncWaitsForTargetFlush(t *testing.T) {
 	if st := pr.s.v.Status(); st.Disk == UpToDate {
 		t.Fatal("the target became UpToDate without its flush")
 	}
-	slow.Clear() // let the secondary's stuck flush finish so the pair can close
 }
+
+// gatedFlush holds every Flush until open is called.
+type gatedFlush struct {
+	blockdev.Device
+	gate chan struct{}
+	once sync.Once
+}
+
+func (g *gatedFlush) Flush() error {
+	<-g.gate
+	return g.Device.Flush()
+}
+
+func (g *gatedFlush) open() { g.once.Do(func() { close(g.gate) }) }
 
 // writeWatch counts writes made while check() is false.
 type writeWatch struct {
