@@ -626,6 +626,9 @@ func TestFencingFailoverLosesNoAcknowledgedWrite(t *testing.T) {
 	pr.blocked.Store(true)
 	pr.killLink()
 	waitFor(t, "writers held", 10*time.Second, func() bool { return pr.p.v.Status().HeldOps == workers })
+	// b too must have seen the link go (a failover manager promotes only
+	// after detecting the loss); before that it refuses, peer Primary.
+	waitFor(t, "b disconnected", 10*time.Second, func() bool { return pr.s.v.Status().Conn != Connected })
 
 	// Takeover: the quorum recorded a outdated; b is promoted and serves.
 	pr.s.v.SetPeerFenced(true)
