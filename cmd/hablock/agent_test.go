@@ -337,22 +337,30 @@ func TestTwoAgentsForcePrimaryResync(t *testing.T) {
 	a2.stop(t)
 }
 
-// TestPersisterRoundTrip stores a bitmap of many chunks (more than one
-// metadata batch) and loads it back.
-func TestPersisterRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	st, err := meta.Create(dir, meta.Identity{UUID: blockdev.NewUUID(), Size: 1 << 38, BlockSize: 512, Resource: "r0", Node: "n1"},
+// newTestPersister creates a metadata store for a volume of size bytes
+// in a temporary directory and a persister over an empty bitmap of 4 KiB
+// blocks; the store closes with the test.
+func newTestPersister(t *testing.T, size uint64) (*meta.Store, *persister) {
+	t.Helper()
+	st, err := meta.Create(t.TempDir(), meta.Identity{UUID: blockdev.NewUUID(), Size: int64(size), BlockSize: 512, Resource: "r0", Node: "n1"},
 		false, meta.DefaultOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	log := slog.New(slog.DiscardHandler)
-	bm, _ := replication.NewBitmap(1<<38, 4096) // 2^26 blocks: 2048 chunks, 8 MiB of chunks (several batches)
-	p, err := newPersister(st, bm, log)
+	t.Cleanup(func() { st.Close() })
+	bm, _ := replication.NewBitmap(size, 4096)
+	p, err := newPersister(st, bm, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return st, p
+}
+
+// TestPersisterRoundTrip stores a bitmap of many chunks (more than one
+// metadata batch) and loads it back.
+func TestPersisterRoundTrip(t *testing.T) {
+	st, p := newTestPersister(t, 1<<38) // 2^26 blocks: 2048 chunks, 8 MiB of chunks (several batches)
+	log := slog.New(slog.DiscardHandler)
 	all, _ := replication.NewBitmap(1<<38, 4096)
 	all.SetAll()
 	p.replace(all)
@@ -408,19 +416,8 @@ func TestPersisterRoundTrip(t *testing.T) {
 // target's resynced data may still be in the page cache); a failed
 // flush keeps them recorded out of sync, and the next flush retries.
 func TestPersisterCleanOnlyAfterDurable(t *testing.T) {
-	dir := t.TempDir()
-	st, err := meta.Create(dir, meta.Identity{UUID: blockdev.NewUUID(), Size: 1 << 30, BlockSize: 512, Resource: "r0", Node: "n1"},
-		false, meta.DefaultOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, p := newTestPersister(t, 1<<30)
 	log := slog.New(slog.DiscardHandler)
-	bm, _ := replication.NewBitmap(1<<30, 4096)
-	p, err := newPersister(st, bm, log)
-	if err != nil {
-		t.Fatal(err)
-	}
 	reload := func() uint64 {
 		fresh, _ := replication.NewBitmap(1<<30, 4096)
 		q, err := newPersister(st, fresh, log)
@@ -460,18 +457,7 @@ func TestPersisterCleanOnlyAfterDurable(t *testing.T) {
 // at once, and the poll (updateFlags, from an older status snapshot)
 // neither undoes them nor rolls back generations the hooks persisted.
 func TestPersisterDiskStateHook(t *testing.T) {
-	dir := t.TempDir()
-	st, err := meta.Create(dir, meta.Identity{UUID: blockdev.NewUUID(), Size: 1 << 30, BlockSize: 512, Resource: "r0", Node: "n1"},
-		false, meta.DefaultOptions())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	bm, _ := replication.NewBitmap(1<<30, 4096)
-	p, err := newPersister(st, bm, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, p := newTestPersister(t, 1<<30)
 	stored := func() meta.Generations {
 		s, err := st.State()
 		if err != nil {
