@@ -282,7 +282,6 @@ func (l *link) waitUnpaused() bool {
 	}
 }
 
-// finishResync ends a resync on the source and tells the target.
 // flushTarget makes the resynced data durable on the target before the
 // resync is declared finished: a Flush, ordered after every ResyncData
 // sent, completes only once the target has applied them all and flushed
@@ -315,6 +314,7 @@ func (l *link) flushTarget() (again, ok bool) {
 	return left != 0, true
 }
 
+// finishResync ends a resync on the source and tells the target.
 func (l *link) finishResync() {
 	v := l.v
 	v.mu.Lock()

@@ -286,10 +286,7 @@ func (r *report) body() string {
 		}
 
 		p("\nEvery run, in run order (IOPS; a failed run shows its status):\n\n| workload |")
-		for _, n := range names {
-			p(" %s |", n)
-		}
-		p("\n|---|%s\n", strings.Repeat("---:|", len(names)))
+		p("%s", bench.ColumnsHeader(names))
 		for _, w := range r.Workloads {
 			p("| %s |", w.Label)
 			for _, n := range names {
@@ -311,10 +308,7 @@ func (r *report) body() string {
 			p("\n")
 		}
 		p("\nPeak resident memory of the serving process (hablock export; the Primary's agent), MiB, max sampled VmRSS / VmHWM:\n\n| workload |")
-		for _, n := range names {
-			p(" %s |", n)
-		}
-		p("\n|---|%s\n", strings.Repeat("---:|", len(names)))
+		p("%s", bench.ColumnsHeader(names))
 		for _, w := range r.Workloads {
 			p("| %s |", w.Label)
 			for _, n := range names {
@@ -472,10 +466,7 @@ func cpuMedians(c *bench.Cell) (per map[string]float64, total, busy float64, ok 
 func (r *report) cpuTable(p func(string, ...any), names, ratios []string) {
 	p("\nCPU time per request (µs of user + system time, median of the runs): qemu-img + serving process (hablock export; the Primary's agent) "+
 		"+ Secondary's agent = total, and the share of the machine's %d CPUs that was busy during the run:\n\n| workload |", r.Machine.NProc)
-	for _, n := range names {
-		p(" %s |", n)
-	}
-	p("\n|---|%s\n", strings.Repeat("---:|", len(names)))
+	p("%s", bench.ColumnsHeader(names))
 	for _, w := range r.Workloads {
 		p("| %s |", w.Label)
 		for _, n := range names {

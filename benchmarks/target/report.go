@@ -263,10 +263,7 @@ func (r *report) markdown() string {
 	}
 
 	p("\nEvery run, in run order (IOPS; a failed run shows its status):\n\n| workload |")
-	for _, n := range names {
-		p(" %s |", n)
-	}
-	p("\n|---|%s\n", strings.Repeat("---:|", len(names)))
+	p("%s", benchpkg.ColumnsHeader(names))
 	for _, w := range r.Workloads {
 		p("| %s |", w.Label)
 		for _, n := range names {

@@ -369,10 +369,6 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	// how this process last stopped. A crashed Primary keeps the
 	// crashed-primary flag (persisted until a connection is established,
 	// see crashPending) and its activity log, applied above.
-	a.persist.flags = mst.Gen.Flags
-	if lost {
-		a.persist.flags |= meta.FlagLostCache // persisted by checkRestart
-	}
 	a.crashPending.Store(crashed)
 	a.lostPending.Store(lost)
 	if mst.Role == meta.Primary {

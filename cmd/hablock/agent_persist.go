@@ -78,8 +78,7 @@ type persister struct {
 	mu      sync.Mutex
 	bm      *replication.Bitmap // mirror of the engine's bitmap
 	pending map[uint64]bool     // chunks cleaned since the last flush
-	flags   meta.GenFlags
-	gen     meta.Generations
+	gen     meta.Generations    // as stored, flags included
 	role    meta.Role
 	peer    string
 	// durable, when set, makes every completed local write durable
@@ -103,7 +102,7 @@ func newPersister(store *meta.Store, bm *replication.Bitmap, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	p.gen, p.role, p.peer, p.flags = st.Gen, st.Role, st.PeerDisk, st.Gen.Flags
+	p.gen, p.role, p.peer = st.Gen, st.Role, st.PeerDisk
 	bs := uint64(bm.BlockSize())
 	err = store.LoadBitmapChunks(func(idx uint64, b []byte) error {
 		if len(b) > chunkBlocks/8 {
@@ -428,7 +427,7 @@ func (p *persister) genIDs(g replication.GenIDs) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	gen := replicationGen(g)
-	gen.Flags = p.flags
+	gen.Flags = p.gen.Flags
 	if gen == p.gen {
 		return
 	}
@@ -446,17 +445,9 @@ func (p *persister) genIDs(g replication.GenIDs) {
 func (p *persister) diskState(d replication.DiskState) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	f := p.flags&^diskFlagMask | diskFlags(d)
-	if f == p.flags && p.gen.Flags == f {
-		return
-	}
-	gen := p.gen
-	gen.Flags = f
-	if err := p.store.SetGenerations(gen); err != nil {
+	if err := p.setFlagsLocked(p.gen.Flags&^diskFlagMask|diskFlags(d), p.gen); err != nil {
 		p.log.Error("persist disk state", "err", err, "disk", d.String())
-		return
 	}
-	p.gen, p.flags = gen, f
 }
 
 // diskFlagMask are the flags diskState owns.
@@ -470,7 +461,7 @@ const diskFlagMask = meta.FlagConsistent | meta.FlagWasUpToDate
 func (p *persister) updateFlags(f meta.GenFlags) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.setFlagsLocked(f&^diskFlagMask|p.flags&diskFlagMask, p.gen)
+	return p.setFlagsLocked(f&^diskFlagMask|p.gen.Flags&diskFlagMask, p.gen)
 }
 
 // setFlags persists the disk-state flags with gen (skipped when nothing
@@ -490,7 +481,7 @@ func (p *persister) setFlagsLocked(f meta.GenFlags, gen meta.Generations) error 
 		p.log.Error("persist disk flags", "err", err)
 		return fmt.Errorf("persist disk flags: %w", err)
 	}
-	p.gen, p.flags = gen, f
+	p.gen = gen
 	return nil
 }
 

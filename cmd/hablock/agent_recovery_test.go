@@ -10,7 +10,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -127,14 +126,7 @@ func TestScenarioInvalidate(t *testing.T) {
 	p.admin(t, 1, "disconnect")
 	p.waitFor(t, 1, "StandAlone", 30*time.Second, standAlone)
 	// Corrupt one block behind n2's back: no bitmap knows of it.
-	f, err := os.OpenFile(p.img[1], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte(strings.Repeat("x", 4096)), 12<<20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	p.overwrite(t, 1, 12<<20, []byte(strings.Repeat("x", 4096)))
 
 	out := p.admin(t, 1, "invalidate")
 	st := p.status(t, 1)

@@ -188,6 +188,20 @@ func fileSum(t *testing.T, path string) [32]byte {
 	return sha256.Sum256(b)
 }
 
+// overwrite writes b at off into node i's backing file behind its
+// agent's back (corruption, or what a lost page cache leaves).
+func (p *scenarioPair) overwrite(t *testing.T, i int, off int64, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(p.img[i], os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // assertFilesEqual compares the backing files byte for byte.
 func (p *scenarioPair) assertFilesEqual(t *testing.T) {
 	t.Helper()
@@ -481,14 +495,7 @@ func testSecondaryPowerLoss(t *testing.T, size int64, csums string, wantMoved ui
 	p.qemuIO(t, 0, "write -P 0x5a 0 4M", "flush", "write -P 0x6b 8M 2M")
 	p.waitFor(t, 0, "in sync", 30*time.Second, inSync)
 	p.agent[1].kill()
-	f, err := os.OpenFile(p.img[1], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(make([]byte, 2<<20), 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	p.overwrite(t, 1, 8<<20, make([]byte, 2<<20))
 
 	p.waitFor(t, 0, "degraded", 10*time.Second, func(st admin.Status) bool { return st.Connection != "Connected" })
 	before := p.status(t, 0).Counters.ResyncBytes
@@ -549,14 +556,7 @@ func TestScenarioPrimaryPowerLoss(t *testing.T) {
 	p.qemuIO(t, 0, "write -P 0x5a 0 4M", "flush", "write -P 0x6b 8M 2M")
 	p.waitFor(t, 0, "in sync", 30*time.Second, inSync)
 	p.agent[0].kill()
-	f, err := os.OpenFile(p.img[0], os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt(make([]byte, 2<<20), 8<<20); err != nil { // the lost page cache
-		t.Fatal(err)
-	}
-	f.Close()
+	p.overwrite(t, 0, 8<<20, make([]byte, 2<<20)) // the lost page cache
 
 	p.waitFor(t, 1, "disconnected from the dead n1", 30*time.Second, func(st admin.Status) bool {
 		return st.Connection != "Connected" && st.Disk == "UpToDate"

@@ -113,3 +113,15 @@ func FmtRatio(p *float64) string {
 	}
 	return fmt.Sprintf("%.2fx", *p)
 }
+
+// ColumnsHeader ends a Markdown table header whose first cell the caller
+// printed (e.g. "| workload |"): one right-aligned column per name, then
+// the separator row.
+func ColumnsHeader(names []string) string {
+	var b strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&b, " %s |", n)
+	}
+	fmt.Fprintf(&b, "\n|---|%s\n", strings.Repeat("---:|", len(names)))
+	return b.String()
+}
