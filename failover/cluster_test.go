@@ -542,6 +542,52 @@ func TestClusterSwitchover(t *testing.T) {
 	c.checkSafety()
 }
 
+// TestClusterSwitchoverTargetLearnsFirst: the switchover's record is
+// agreed with the witness alone, and the target learns it from a
+// heartbeat before either the old Primary's vote request or its promote
+// request reaches it (seen in the failover rig: the target re-acquired
+// the role in the next epoch on its own, and the switchover then
+// reported that it "did not promote"). The target must wait for the
+// promote request, and the switchover must succeed with no second epoch.
+func TestClusterSwitchoverTargetLearnsFirst(t *testing.T) {
+	var slow sync.Map // "from>to" -> time.Duration
+	c := newClusterWith(t, nil, func(m *Manager) {
+		m.callDelay = func(from, to string) time.Duration {
+			d, _ := slow.Load(from + ">" + to)
+			d2, _ := d.(time.Duration)
+			return d2
+		}
+	})
+	c.bootstrap()
+	c.waitFor("all three on one record", func() bool {
+		a, b, w := c.status("n1").Record, c.status("n2").Record, c.status("w").Record
+		return a.Epoch == w.Epoch && b.Epoch == w.Epoch
+	})
+	e0 := c.status("n1").Record.Epoch
+	slow.Store("n1>n2", 400*time.Millisecond)
+	if err := c.mgr["n1"].Switchover(context.Background(), "n2"); err != nil {
+		t.Fatalf("switchover: %v", err)
+	}
+	slow.Delete("n1>n2")
+	r := c.status("n2").Record
+	if r.Primary != "n2" || r.Epoch != e0+1 || !r.Has("n1") {
+		t.Errorf("record after switchover %v, want epoch %d with n2 primary and both up to date", r, e0+1)
+	}
+	if c.local["n2"].Facts().Role != RolePrimary || c.local["n1"].Facts().Role != RoleSecondary {
+		t.Error("roles after the switchover: n2 not Primary or n1 not Secondary")
+	}
+	promotes := 0
+	for _, o := range c.log.snapshot() {
+		if o.node == "n2" && o.what == "promote" {
+			promotes++
+		}
+	}
+	if promotes != 1 {
+		t.Errorf("n2 promoted %d times, want 1", promotes)
+	}
+	c.checkSafety()
+}
+
 // TestClusterLinkCutIdle: the n1-n2 link is cut while no write is in
 // flight, so n1 holds nothing and does not fence. n2 loses the link and
 // n1's heartbeats and asks to take over; the witness, which still hears

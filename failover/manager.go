@@ -80,8 +80,12 @@ type Manager struct {
 	// delay, set only by tests before Start, holds each heartbeat
 	// from -> to this long before sending it (a user-space delay line:
 	// this kernel has no netem).
-	delay  func(from, to string) time.Duration
-	maxGap map[string]time.Duration // guarded by mu
+	delay func(from, to string) time.Duration
+	// callDelay, set only by tests before Start, holds each control
+	// request (vote, promote) from -> to this long before it is sent,
+	// to order a switchover's messages against the heartbeats.
+	callDelay func(from, to string) time.Duration
+	maxGap    map[string]time.Duration // guarded by mu
 
 	// lastTick is when a loop last ran (guarded by mu); a longer pause
 	// than stallAfter means this process was not running (CPU
@@ -280,10 +284,27 @@ func (m *Manager) adopt(r Record, from string) bool {
 		m.log.Error("cannot persist a newer record", "from", from, "record", r.String(), "err", err)
 		return false
 	}
+	if handedOver(old, r, m.cfg.Me, m.peer) && m.local != nil && m.local.Facts().Role != RolePrimary {
+		// A switchover agreed with the witness alone reaches this node
+		// by heartbeat before the old Primary's vote or promote request
+		// does: wait for that request, as a granted vote would, instead
+		// of re-acquiring the role in another epoch on our own.
+		m.mu.Lock()
+		m.awaitPromote = time.Now().Add(2*m.cfg.VoteTimeout + m.cfg.PromoteTimeout)
+		m.mu.Unlock()
+	}
 	m.log.Info("adopted a newer record", "from", from, "old", old.String(), "record", r.String())
 	m.event(fmt.Sprintf("adopted %v from %s", r, from))
 	m.Notify()
 	return true
+}
+
+// handedOver reports whether the step from record old to r is a planned
+// handover from peer to me: only a switchover names the other disk node
+// Primary while keeping the old Primary up to date (a takeover lists the
+// new Primary alone).
+func handedOver(old, r Record, me, peer string) bool {
+	return old.Primary == peer && r.Primary == me && r.Has(peer)
 }
 
 func (m *Manager) event(what string) {
@@ -437,6 +458,22 @@ func (m *Manager) handleRequest(req any) any {
 // blocked reports whether the test partition drops from -> to.
 func (m *Manager) blocked(from, to string) bool { return m.partition != nil && m.partition(from, to) }
 
+// callTo sends one control request to member to, after the test hook's
+// delay if one is set.
+func (m *Manager) callTo(ctx context.Context, to string, req any) (any, error) {
+	if m.callDelay != nil {
+		if d := m.callDelay(m.cfg.Me, to); d > 0 {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+	}
+	target, _ := m.cfg.member(to)
+	return call(ctx, target.Control, req)
+}
+
 // primaryHeardAfter reports whether this voter has heard primary since t
 // (heartbeat, or for a disk node its replication link being up).
 func (m *Manager) primaryHeardAfter(primary string, t time.Time) bool {
@@ -535,7 +572,7 @@ func (m *Manager) propose(ctx context.Context, p Record, force bool) error {
 				results <- result{from: o.Name, err: ctx.Err()}
 				return
 			}
-			r, err := call(ctx, o.Control, VoteRequest{From: m.cfg.Me, Proposal: p, Force: force})
+			r, err := m.callTo(ctx, o.Name, VoteRequest{From: m.cfg.Me, Proposal: p, Force: force})
 			if err != nil {
 				results <- result{from: o.Name, err: err}
 				return
@@ -830,11 +867,10 @@ func (m *Manager) switchoverLocked(ctx context.Context, to string) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, m.cfg.PromoteTimeout)
 	defer cancel()
-	target, _ := m.cfg.member(to)
 	var r any
 	err := fmt.Errorf("%s unreachable", to)
 	if !m.blocked(m.cfg.Me, to) {
-		r, err = call(pctx, target.Control, promoteRequest{From: m.cfg.Me, Epoch: p.Epoch, Clients: clients})
+		r, err = m.callTo(pctx, to, promoteRequest{From: m.cfg.Me, Epoch: p.Epoch, Clients: clients})
 	}
 	m.local.CloseClients()
 	m.mu.Lock()
@@ -862,7 +898,10 @@ func (m *Manager) handlePromote(req promoteRequest) promoteReply {
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
 	rec := m.durable().Record
-	if rec.Primary != m.cfg.Me || rec.Epoch != req.Epoch {
+	// A later epoch that still names this node is the same hand-over
+	// carried on (this node re-acquired the role after the wait for the
+	// request ran out): the promotion asked for has happened, or is due.
+	if rec.Primary != m.cfg.Me || rec.Epoch < req.Epoch {
 		return promoteReply{Reason: fmt.Sprintf("my record is %v, not epoch %d with me primary", rec, req.Epoch)}
 	}
 	if m.local.Facts().Role == RolePrimary {
@@ -870,7 +909,7 @@ func (m *Manager) handlePromote(req promoteRequest) promoteReply {
 	}
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.PromoteTimeout)
 	defer cancel()
-	if err := m.promoteLocal(ctx, req.Epoch, !rec.Has(m.peer), req.Clients); err != nil {
+	if err := m.promoteLocal(ctx, rec.Epoch, !rec.Has(m.peer), req.Clients); err != nil {
 		return promoteReply{Reason: err.Error()}
 	}
 	return promoteReply{OK: true}
