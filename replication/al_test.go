@@ -103,12 +103,8 @@ func (a *testAL) persisted() []Extent {
 // same as newNode's).
 func installAL(n *tnode, a *testAL) {
 	n.v.SetHooks(Hooks{
-		OnGenIDs: func(g GenIDs) { n.gi.Store(&g) },
-		OnBitmapDirty: func(off, l uint64) {
-			n.pmu.Lock()
-			n.pbm.Set(off, l)
-			n.pmu.Unlock()
-		},
+		OnGenIDs:      func(g GenIDs) { n.gi.Store(&g) },
+		OnBitmapDirty: n.persistDirty,
 		OnBitmapClean: func(off, l uint64) {
 			n.pmu.Lock()
 			n.pbm.Clear(off, l)
@@ -263,24 +259,41 @@ func (f *freezer) close() {
 	f.wg.Wait()
 }
 
+// frozenPair is a Primary a with an activity log of extents of ext bytes
+// and a Secondary b, attached through a freezer and connected. Wait
+// waits for both Attach calls to return.
+type frozenPair struct {
+	amem, bmem *blockdev.Memory
+	a, b       *tnode
+	al         *testAL
+	fz         *freezer
+	wg         sync.WaitGroup
+}
+
+func newFrozenPair(t *testing.T, extents int, ext int64) *frozenPair {
+	fp := &frozenPair{amem: blockdev.NewMemory(testSize), bmem: blockdev.NewMemory(testSize)}
+	fp.a = newNode(t, fp.amem, fp.amem, syncedState("a", RolePrimary), testConfig())
+	fp.b = newNode(t, fp.bmem, fp.bmem, syncedState("b", RoleSecondary), testConfig())
+	fp.al = newTestAL(t, extents, ext)
+	installAL(fp.a, fp.al)
+	var ca, cb net.Conn
+	fp.fz, ca, cb = newFreezer(t)
+	fp.wg.Add(2)
+	go func() { defer fp.wg.Done(); fp.a.v.Attach(context.Background(), ca) }()
+	go func() { defer fp.wg.Done(); fp.b.v.Attach(context.Background(), cb) }()
+	waitFor(t, "connected", 5*time.Second, func() bool { return fp.b.v.Status().Repl == Established })
+	return fp
+}
+
 // A Primary crashes with writes on its disk that the peer never got; the
 // peer is promoted and writes more; the old Primary restarts as Secondary
 // with its persisted activity log: the resync moves exactly the activity
 // log's extents plus the new Primary's bitmap, and both disks end equal.
 func TestCrashedPrimaryResyncsActivityLog(t *testing.T) {
 	const ext = 64 << 10
-	amem, bmem := blockdev.NewMemory(testSize), blockdev.NewMemory(testSize)
-	a := newNode(t, amem, amem, syncedState("a", RolePrimary), testConfig())
-	b := newNode(t, bmem, bmem, syncedState("b", RoleSecondary), testConfig())
-	al := newTestAL(t, 8, ext)
-	installAL(a, al)
-	fz, ca, cb := newFreezer(t)
+	fp := newFrozenPair(t, 8, ext)
+	amem, bmem, a, b, al, fz, wg := fp.amem, fp.bmem, fp.a, fp.b, fp.al, fp.fz, &fp.wg
 	defer fz.close()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); a.v.Attach(context.Background(), ca) }()
-	go func() { defer wg.Done(); b.v.Attach(context.Background(), cb) }()
-	waitFor(t, "connected", 5*time.Second, func() bool { return b.v.Status().Repl == Established })
 
 	r := rand.New(rand.NewPCG(10, 10))
 	// Replicated writes: extents 0 and 3 become hot.
@@ -359,7 +372,7 @@ func TestCrashedPrimaryResyncsActivityLog(t *testing.T) {
 		t.Fatalf("restarted crashed primary has %d bytes out of sync, want its 4 activity log extents", got)
 	}
 	sentBefore := b.v.resyncBytes.Load()
-	ca, cb = tcpPair(t)
+	ca, cb := tcpPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	wg.Add(2)
 	go func() { defer wg.Done(); a2.v.Attach(ctx, ca) }()

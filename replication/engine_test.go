@@ -59,6 +59,26 @@ type tnode struct {
 	// pbm is the bitmap as persisted through OnBitmapDirty/OnBitmapClean.
 	pmu sync.Mutex
 	pbm *Bitmap
+	// metaErr, while set, fails OnBitmapDirty with nothing persisted
+	// (a metadata store that cannot write).
+	metaErr error // guarded by pmu
+}
+
+// persistDirty is the test nodes' OnBitmapDirty.
+func (n *tnode) persistDirty(off, l uint64) error {
+	n.pmu.Lock()
+	defer n.pmu.Unlock()
+	if n.metaErr != nil {
+		return n.metaErr
+	}
+	n.pbm.Set(off, l)
+	return nil
+}
+
+func (n *tnode) failMetadata(err error) {
+	n.pmu.Lock()
+	n.metaErr = err
+	n.pmu.Unlock()
 }
 
 func (n *tnode) persistedBitmap() *Bitmap {
@@ -84,13 +104,9 @@ func newNode(t testing.TB, dev blockdev.Device, mem *blockdev.Memory, st State, 
 		n.pbm.Merge(st.Bitmap)
 	}
 	v.SetHooks(Hooks{
-		OnGenIDs:    func(g GenIDs) { n.gi.Store(&g) },
-		OnDiskState: func(d DiskState) { n.disk.Store(int32(d)) },
-		OnBitmapDirty: func(off, l uint64) {
-			n.pmu.Lock()
-			n.pbm.Set(off, l)
-			n.pmu.Unlock()
-		},
+		OnGenIDs:      func(g GenIDs) { n.gi.Store(&g) },
+		OnDiskState:   func(d DiskState) { n.disk.Store(int32(d)) },
+		OnBitmapDirty: n.persistDirty,
 		OnBitmapClean: func(off, l uint64) {
 			n.pmu.Lock()
 			n.pbm.Clear(off, l)
@@ -951,7 +967,7 @@ func TestStandaloneWritesMarkBitmap(t *testing.T) {
 	n := newNode(t, mem, mem, syncedState("a", RolePrimary), testConfig())
 	n.v.SetHooks(Hooks{
 		OnGenIDs:      func(g GenIDs) { gis = append(gis, g) },
-		OnBitmapDirty: func(off, n uint64) { dirty = append(dirty, Extent{off, n}) },
+		OnBitmapDirty: func(off, n uint64) error { dirty = append(dirty, Extent{off, n}); return nil },
 	})
 	if _, err := n.v.WriteAt(make([]byte, 10), 4095); err != nil {
 		t.Fatal(err)

@@ -399,11 +399,15 @@ const inlineSendMax = 64 << 10
 
 // waitWrite waits as the protocol says and reports whether the peer
 // took the write.
-func (l *link) waitWrite(pw *pendingWrite) bool {
+// waitWrite waits for the peer's side of a write: nil once it is on the
+// peer (C) or received (B); with A at once. An error wrapping
+// ErrMetadata says the peer lost it and the range could not be recorded
+// out of sync.
+func (l *link) waitWrite(pw *pendingWrite) error {
 	if l.proto == ProtocolA {
-		return true
+		return nil
 	}
-	return <-pw.done == nil
+	return <-pw.done
 }
 
 // sendBarrier closes the current epoch if it holds writes (A and B).
@@ -488,15 +492,20 @@ func (l *link) handleWriteAck(m *WriteAck) error {
 		sig := !pw.signalled
 		pw.signalled = true
 		l.mu.Unlock()
+		res := statusErr(m.Status)
 		if m.Status != StatusOK {
 			l.log.Warn("peer failed a write; marking out of sync", "off", pw.off, "len", pw.n, "status", m.Status.String())
-			l.v.markDirty(pw.off, pw.n)
+			if err := l.v.markDirty(pw.off, pw.n); err != nil {
+				res = err
+			}
 		}
-		if done {
+		if done && !errors.Is(res, ErrMetadata) {
+			// Not recorded: the extent stays hot, so that a crash before
+			// the bitmap is recorded still resyncs the range (Hooks).
 			pw.al.release()
 		}
 		if sig {
-			pw.done <- statusErr(m.Status)
+			pw.done <- res
 		}
 	}
 	return nil
@@ -878,8 +887,11 @@ func (l *link) teardown() {
 	v.mu.Lock()
 	v.link = nil
 	var dirty uint64
+	unrecorded := map[*pendingWrite]error{}
 	for _, pw := range writes {
-		v.markDirtyLocked(pw.off, pw.n)
+		if err := v.markDirtyLocked(pw.off, pw.n); err != nil {
+			unrecorded[pw] = err
+		}
 		dirty += pw.n
 	}
 	if v.role == RolePrimary && v.disk >= UpToDate && !v.closed {
@@ -901,9 +913,14 @@ func (l *link) teardown() {
 	}
 
 	for _, pw := range writes {
-		pw.al.release() // marked out of sync above
+		res := ErrPeerGone
+		if err := unrecorded[pw]; err != nil {
+			res = err // its extent stays hot (see Hooks.OnBitmapDirty)
+		} else {
+			pw.al.release() // marked out of sync above
+		}
 		if !pw.signalled {
-			pw.done <- ErrPeerGone
+			pw.done <- res
 		}
 	}
 	for _, pf := range flushes {
@@ -1119,8 +1136,13 @@ func (l *link) connect(ctx context.Context) error {
 		}
 	}
 	v.mu.Lock()
-	v.reportDirtyLocked()
+	err := v.reportDirtyLocked()
 	v.mu.Unlock()
+	if err != nil {
+		// Syncing on a bitmap that is not recorded could, after a crash,
+		// leave blocks out of sync that nothing remembers.
+		return fmt.Errorf("connect: %w", err)
+	}
 
 	v.mu.Lock()
 	switch {

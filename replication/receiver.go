@@ -149,8 +149,10 @@ func (r *receiver) submitWrite(m *Write, buf []byte) {
 		v.bytesWritten.Add(uint64(len(m.Data)))
 		putFrameBuf(buf)
 		if st != StatusOK {
-			// Our copy of the range is now stale: remember it.
-			v.markDirty(m.Offset, uint64(len(m.Data)))
+			// Our copy of the range is now stale: remember it. The
+			// Primary marks it too when it gets the failed ack; an
+			// error here is counted and logged by markDirty.
+			_ = v.markDirty(m.Offset, uint64(len(m.Data)))
 		}
 		// Protocol C acks every write once written; A and B ack here
 		// only failures (B acked receipt already, and BarrierAck says
@@ -174,7 +176,7 @@ func (r *receiver) submitDiscard(m *Discard) {
 	r.submit(lo, hi, false, func() {
 		st := r.localIO(m.Offset, n, func() error { return v.dev.Discard(int64(m.Offset), int64(n)) })
 		if st == StatusIOError {
-			v.markDirty(m.Offset, n)
+			_ = v.markDirty(m.Offset, n) // as in submitWrite
 		}
 		switch {
 		case l.proto == ProtocolC && st == StatusOK && r.inline:

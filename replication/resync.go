@@ -482,8 +482,11 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyResult, error) 
 		v.mu.Unlock()
 	}
 	v.mu.Lock()
+	var metaErr error
 	for _, e := range res.OutOfSync {
-		v.markDirtyLocked(e.Off, e.Len)
+		if err := v.markDirtyLocked(e.Off, e.Len); err != nil && metaErr == nil {
+			metaErr = err
+		}
 	}
 	start := repair && len(res.OutOfSync) > 0 && v.link == l
 	if start {
@@ -498,6 +501,9 @@ func (v *Volume) Verify(ctx context.Context, repair bool) (VerifyResult, error) 
 	}
 	if start {
 		l.kickResync()
+	}
+	if metaErr != nil {
+		return res, fmt.Errorf("replication: verify found %d out-of-sync ranges: %w", len(res.OutOfSync), metaErr)
 	}
 	return res, nil
 }

@@ -49,6 +49,10 @@ var (
 	ErrClosed = errors.New("replication: volume closed")
 	// ErrNotConnected: the operation needs a connected peer.
 	ErrNotConnected = errors.New("replication: not connected")
+	// ErrMetadata: the caller's hook could not record the out-of-sync
+	// bitmap durably (OnBitmapDirty or OnBitmapMerged failed). A write
+	// that would have needed the record fails with nothing written.
+	ErrMetadata = errors.New("replication: metadata not recorded")
 )
 
 // ProtoVersion is the replication protocol version this code speaks
@@ -129,15 +133,26 @@ type Hooks struct {
 	OnDiskState func(DiskState)
 	// OnBitmapDirty is called when bytes [off, off+n) (whole blocks)
 	// become out of sync, before the write that caused it completes.
-	OnBitmapDirty func(off, n uint64)
+	// An error says the bits are not durable: the engine then fails a
+	// Primary's write that would have depended on them, before anything
+	// of it is written, and keeps the activity-log extent of a write it
+	// can no longer fail hot (AfterWrite is not called for it), so that
+	// a crash before the caller records the bits still resyncs the
+	// range. After a failure the next range marked out of sync makes
+	// the engine report the whole bitmap again (OnBitmapMerged, or
+	// OnBitmapDirty run by run) until that succeeds, since bits already
+	// set in memory are no longer known to be durable. Each failure is
+	// counted in VolumeStatus.MetadataErrors.
+	OnBitmapDirty func(off, n uint64) error
 	// OnBitmapMerged, when set, replaces the run-by-run OnBitmapDirty
 	// calls with which the whole bitmap is reported at a connect (the
 	// peer's bits merged in), invalidate or force: bm is the engine's
 	// bitmap, to be read during the call only. A caller that persists
 	// the bitmap in chunks then writes each chunk once, instead of once
 	// per dirty run (thousands of synced writes inside the handshake's
-	// timeout after a random write load).
-	OnBitmapMerged func(bm *Bitmap)
+	// timeout after a random write load). An error fails the connect
+	// (or the invalidate or force) that reported the bitmap.
+	OnBitmapMerged func(bm *Bitmap) error
 	// OnBitmapClean is called when blocks of [off, off+n) become in sync
 	// (resync progress). It may be persisted lazily: a persisted bit that
 	// is set but should not be costs only a redundant resync, but without
@@ -260,6 +275,12 @@ type Volume struct {
 	pauseCh  chan struct{} // closed and replaced on resume
 	closed   bool
 	lastErr  string
+	// metaErrors and lastMetaErr: bitmap hook failures (VolumeStatus).
+	metaErrors  uint64
+	lastMetaErr string
+	// metaUnrecorded: a bitmap hook failed and no whole-bitmap report
+	// has succeeded since; bits set in memory may not be durable.
+	metaUnrecorded bool
 
 	hold ioHold // fencing and I/O suspension (fence.go)
 
@@ -409,13 +430,14 @@ func (v *Volume) setReplLocked(to ReplState, why string) {
 
 // markDirty marks [off, off+n) out of sync. Writing without a peer as
 // Primary starts a new generation first (GenIDs.PeerLost).
-func (v *Volume) markDirty(off, n uint64) {
+// An error is OnBitmapDirty's: the bits are set in memory, not durably.
+func (v *Volume) markDirty(off, n uint64) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	v.markDirtyLocked(off, n)
+	return v.markDirtyLocked(off, n)
 }
 
-func (v *Volume) markDirtyLocked(off, n uint64) {
+func (v *Volume) markDirtyLocked(off, n uint64) error {
 	// Not after Stop: a node shutting down writes nothing more in this
 	// generation, and a new one would look like a split brain to a peer
 	// promoted in the meantime.
@@ -424,30 +446,58 @@ func (v *Volume) markDirtyLocked(off, n uint64) {
 		g.PeerLost(true, freshUUID())
 		v.setGILocked(g, "writing without peer")
 	}
-	if added, _ := v.bm.Set(off, n); added > 0 && v.hooks.OnBitmapDirty != nil {
+	added, _ := v.bm.Set(off, n)
+	if v.metaUnrecorded && (v.hooks.OnBitmapDirty != nil || v.hooks.OnBitmapMerged != nil) {
+		// An earlier report failed: bits set in memory then (these
+		// among them, maybe) are not known to be durable, so a range
+		// whose bits were already set proves nothing. Report the
+		// whole bitmap again.
+		return v.reportDirtyLocked()
+	}
+	if added > 0 && v.hooks.OnBitmapDirty != nil {
 		bs := uint64(v.bm.BlockSize())
 		start := off / bs * bs
 		end := min((off+n+bs-1)/bs*bs, v.size)
-		v.hooks.OnBitmapDirty(start, end-start)
+		if err := v.hooks.OnBitmapDirty(start, end-start); err != nil {
+			return v.metadataErrLocked(fmt.Errorf("record blocks [%d, %d) out of sync: %w", start, end, err))
+		}
 	}
+	return nil
+}
+
+// metadataErrLocked counts and logs a failure of a bitmap hook and
+// returns it wrapped in ErrMetadata.
+func (v *Volume) metadataErrLocked(err error) error {
+	v.metaUnrecorded = true
+	v.metaErrors++
+	v.lastMetaErr = err.Error()
+	v.log.Error("out-of-sync bitmap not recorded durably", "err", err)
+	return fmt.Errorf("%w: %w", ErrMetadata, err)
 }
 
 // reportDirtyLocked reports every dirty run to OnBitmapDirty, after a
 // bulk change (full sync, bitmap exchange).
-func (v *Volume) reportDirtyLocked() {
+// A success clears the mark of an earlier failure (metaUnrecorded).
+func (v *Volume) reportDirtyLocked() error {
 	if v.hooks.OnBitmapMerged != nil {
-		v.hooks.OnBitmapMerged(v.bm)
-		return
+		if err := v.hooks.OnBitmapMerged(v.bm); err != nil {
+			return v.metadataErrLocked(fmt.Errorf("record the bitmap (%d bytes out of sync): %w", v.bm.DirtyBytes(), err))
+		}
+		v.metaUnrecorded = false
+		return nil
 	}
 	if v.hooks.OnBitmapDirty == nil {
-		return
+		return nil
 	}
 	for pos := uint64(0); ; {
 		off, n, ok := v.bm.NextDirtyRange(pos, ^uint64(0))
 		if !ok {
-			return
+			v.metaUnrecorded = false
+			return nil
 		}
-		v.hooks.OnBitmapDirty(off, n)
+		if err := v.hooks.OnBitmapDirty(off, n); err != nil {
+			return v.metadataErrLocked(fmt.Errorf("record blocks [%d, %d) out of sync: %w", off, off+n, err))
+		}
 		pos = off + n
 	}
 }
@@ -551,11 +601,13 @@ func (v *Volume) ForceUpToDate() error {
 	case v.disk <= Failed:
 		return fmt.Errorf("replication: force UpToDate with disk %v: %w", v.disk, ErrNoGoodDisk)
 	}
+	v.bm.SetAll()
+	if err := v.reportDirtyLocked(); err != nil {
+		return fmt.Errorf("replication: force UpToDate: %w", err)
+	}
 	g := v.gi
 	g.NewCurrent(freshUUID())
 	v.setGILocked(g, "forced up to date")
-	v.bm.SetAll()
-	v.reportDirtyLocked()
 	v.setDiskLocked(UpToDate, "forced by operator")
 	return nil
 }
@@ -578,7 +630,9 @@ func (v *Volume) Invalidate() error {
 		return fmt.Errorf("replication: invalidate with disk %v: %w", v.disk, ErrNoGoodDisk)
 	}
 	v.bm.SetAll()
-	v.reportDirtyLocked()
+	if err := v.reportDirtyLocked(); err != nil {
+		return fmt.Errorf("replication: invalidate: %w", err)
+	}
 	v.setDiskLocked(Inconsistent, "invalidated by operator")
 	return nil
 }
@@ -751,7 +805,15 @@ issue:
 		goto issue
 	}
 	if pw == nil {
-		v.markDirty(off, n)
+		if err := v.markDirty(off, n); err != nil {
+			// Nothing issued: the range cannot differ between the nodes
+			// because of this write, so its extent may go cold.
+			v.locks.unlock(h)
+			v.gate.RUnlock()
+			ar.release()
+			ar.release()
+			return fmt.Errorf("replication: write offset %d length %d without the peer: %w", off, n, err)
+		}
 		ar.release() // the peer's side: recorded in the bitmap
 	}
 	var localErr error
@@ -770,7 +832,16 @@ issue:
 
 	v.writes.Add(1)
 	v.bytesWritten.Add(n)
-	peerOK := pw != nil && l.waitWrite(pw)
+	peerOK := false
+	if pw != nil {
+		peerErr := l.waitWrite(pw)
+		if errors.Is(peerErr, ErrMetadata) {
+			// The peer lacks it and nothing durable says so: not
+			// acknowledged (the range's activity-log extent stays hot).
+			return fmt.Errorf("replication: write offset %d length %d: the peer lost it: %w", off, n, peerErr)
+		}
+		peerOK = peerErr == nil
+	}
 	if localErr != nil {
 		if !errors.Is(localErr, ErrNoGoodDisk) {
 			v.localFailed(localErr)
@@ -891,6 +962,11 @@ type VolumeStatus struct {
 	// (source) or applied (target); LocalErrors local I/O errors.
 	Writes, BytesWritten, BytesSent, ResyncBytes, LocalErrors uint64
 	LastError                                                 string
+	// MetadataErrors counts failures to record the out-of-sync bitmap
+	// durably (Hooks.OnBitmapDirty, OnBitmapMerged); LastMetadataError
+	// is the latest.
+	MetadataErrors    uint64
+	LastMetadataError string
 
 	// Held: with Config.Fencing, this Primary holds writes because the
 	// peer may lack them and is not fenced: writes are waiting for it,
@@ -924,7 +1000,7 @@ func (v *Volume) Status() VolumeStatus {
 		VerifyTotal: v.verifyTotal, VerifyDone: v.verifyDone,
 		Writes: v.writes.Load(), BytesWritten: v.bytesWritten.Load(), BytesSent: v.bytesSent.Load(),
 		ResyncBytes: v.resyncBytes.Load(), LocalErrors: v.localErrors.Load(), LastError: v.lastErr,
-		Connects: v.connects,
+		Connects: v.connects, MetadataErrors: v.metaErrors, LastMetadataError: v.lastMetaErr,
 	}
 	v.holdStatusLocked(&s)
 	end := time.Now()

@@ -155,6 +155,19 @@ type Store struct {
 
 	mu sync.RWMutex
 	db *badger.DB // INVARIANT: nil once closed.
+	// writeFault, when set, is asked before every write transaction;
+	// an error fails the write with nothing written (SetWriteFault).
+	writeFault func() error // guarded by mu
+}
+
+// SetWriteFault injects a fault: while fn is set, every write asks it
+// first, and an error it returns fails that write with nothing written,
+// as a metadata device that has gone read-only or bad would. Nil removes
+// it. For tests and fault-injection runs; reads are not affected.
+func (s *Store) SetWriteFault(fn func() error) {
+	s.mu.Lock()
+	s.writeFault = fn
+	s.mu.Unlock()
 }
 
 // manifest is the file badger writes first when it creates a database; its
@@ -326,6 +339,11 @@ func (s *Store) update(fn func(txn *badger.Txn) error) error {
 	defer s.mu.Unlock()
 	if s.db == nil {
 		return ErrClosed
+	}
+	if s.writeFault != nil {
+		if err := s.writeFault(); err != nil {
+			return fmt.Errorf("meta: %s: injected write fault: %w", s.dir, err)
+		}
 	}
 	return s.db.Update(fn)
 }

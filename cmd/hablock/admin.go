@@ -347,6 +347,14 @@ func formatStatus(st admin.Status) string {
 	if st.LastError != "" && st.Connection != "Connected" {
 		fmt.Fprintf(&b, "  last-error: %s\n", st.LastError)
 	}
+	if md := st.Metadata; md != nil {
+		if md.UnsavedChunks > 0 {
+			fmt.Fprintf(&b, "  metadata: FAILING: %d bitmap chunks not recorded (%d failed writes); writes that need new out-of-sync bits fail until the store recovers: %s\n",
+				md.UnsavedChunks, md.Failures, md.LastError)
+		} else {
+			fmt.Fprintf(&b, "  metadata: recovered after %d failed bitmap writes (last: %s)\n", md.Failures, md.LastError)
+		}
+	}
 	if st.LostCache {
 		b.WriteString("  lost-cache: the machine restarted while this node ran; writes it had not flushed may be missing, so the whole volume is out of sync until the next connect resyncs it\n")
 	}

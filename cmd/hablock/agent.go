@@ -659,6 +659,9 @@ func (a *agent) Status(context.Context) admin.Status {
 		CrashedPrimary: a.crashPending.Load() && s.Connects == 0,
 		LostCache:      a.lostPending.Load() && s.Connects == 0,
 	}
+	if unsaved, failures, last := a.persist.unsavedChunks(); failures > 0 {
+		out.Metadata = &admin.MetadataHealth{Failures: failures, UnsavedChunks: unsaved, LastError: last}
+	}
 	if m := a.mgr.Load(); m != nil {
 		fs := m.Status()
 		out.Failover = &fs

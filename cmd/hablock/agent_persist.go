@@ -77,10 +77,18 @@ type persister struct {
 	wmu     sync.Mutex
 	mu      sync.Mutex
 	bm      *replication.Bitmap // mirror of the engine's bitmap
-	pending map[uint64]bool     // chunks cleaned since the last flush
-	gen     meta.Generations    // as stored, flags included
-	role    meta.Role
-	peer    string
+	pending map[uint64]bool     // chunks cleaned since the last flush, or whose write failed
+	// unsaved holds the chunks whose last write failed: bits set in bm
+	// that the store may not have. They stay in pending too, so that
+	// the next flush retries them, and dirty writes them again even
+	// when it sets no new bit.
+	unsaved map[uint64]bool
+	// failures counts failed chunk writes; lastFailure is the latest.
+	failures    uint64
+	lastFailure string
+	gen         meta.Generations // as stored, flags included
+	role        meta.Role
+	peer        string
 	// durable, when set, makes every completed local write durable
 	// (the backing store's Flush). A chunk written by flushAll may
 	// record blocks in sync, and on a sync target "in sync" is only
@@ -97,7 +105,7 @@ type persister struct {
 const chunkBlocks = 4096 * 8
 
 func newPersister(store *meta.Store, bm *replication.Bitmap, log *slog.Logger) (*persister, error) {
-	p := &persister{store: store, log: log, bm: bm, pending: map[uint64]bool{}}
+	p := &persister{store: store, log: log, bm: bm, pending: map[uint64]bool{}, unsaved: map[uint64]bool{}}
 	st, err := store.State()
 	if err != nil {
 		return nil, err
@@ -265,24 +273,28 @@ func (p *persister) chunkRange(off, n uint64) (uint64, uint64) {
 	return off / bs / chunkBlocks, (off + n - 1) / bs / chunkBlocks
 }
 
-// dirty is Hooks.OnBitmapDirty: persisted before returning.
-func (p *persister) dirty(off, n uint64) {
+// dirty is Hooks.OnBitmapDirty: persisted before returning. An error
+// (the store cannot write) fails the engine's write that needed the bits
+// (replication.ErrMetadata); the chunks are kept for the next flush or
+// dirty to retry.
+func (p *persister) dirty(off, n uint64) error {
 	if n == 0 {
-		return
+		return nil
 	}
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	p.mu.Lock()
-	if added, err := p.bm.Set(off, n); err == nil && added == 0 {
-		// Every bit set in p.bm is persisted as set (chunks only wait in
-		// pending for bits being cleared), so there is nothing to write.
-		// This keeps the connect-time report of the merged bitmap (one
-		// call per dirty run, within the handshake timeout) from
-		// rewriting chunks the node already has.
-		p.mu.Unlock()
-		return
-	}
 	from, to := p.chunkRange(off, n)
+	if added, err := p.bm.Set(off, n); err == nil && added == 0 && !p.unsavedLocked(from, to) {
+		// Every bit set in p.bm is persisted as set, but in unsaved
+		// chunks (others only wait in pending for bits being cleared),
+		// so there is nothing to write. This keeps the connect-time
+		// report of the merged bitmap (one call per dirty run, within
+		// the handshake timeout) from rewriting chunks the node
+		// already has.
+		p.mu.Unlock()
+		return nil
+	}
 	var idxs []uint64
 	for i := from; i <= to; i++ {
 		idxs = append(idxs, i)
@@ -290,16 +302,58 @@ func (p *persister) dirty(off, n uint64) {
 	}
 	chunks := p.encodeLocked(idxs)
 	p.mu.Unlock()
-	if err := p.putChunks(idxs, chunks); err != nil {
-		// TODO(issue 3): the hook cannot fail the write; a metadata
-		// store that cannot record the bitmap should detach the disk.
-		p.log.Error("persist out-of-sync bitmap", "err", err, "off", off, "len", n)
+	if err := p.save(idxs, chunks); err != nil {
+		return fmt.Errorf("persist out-of-sync bitmap [%d, %d): %w", off, off+n, err)
 	}
+	return nil
+}
+
+// unsavedLocked reports whether a chunk of [from, to] is unsaved; p.mu
+// held.
+func (p *persister) unsavedLocked(from, to uint64) bool {
+	if len(p.unsaved) == 0 {
+		return false
+	}
+	for i := from; i <= to; i++ {
+		if p.unsaved[i] {
+			return true
+		}
+	}
+	return false
+}
+
+// save writes chunks (encodeLocked's) and keeps track of the ones it
+// could not write: unsaved, and pending for the next flush. p.wmu held,
+// p.mu not.
+func (p *persister) save(idxs []uint64, chunks map[uint64][]byte) error {
+	err := p.putChunks(idxs, chunks)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, i := range idxs {
+		if err != nil {
+			p.unsaved[i], p.pending[i] = true, true
+		} else {
+			delete(p.unsaved, i)
+		}
+	}
+	if err != nil {
+		p.failures++
+		p.lastFailure = err.Error()
+	}
+	return err
+}
+
+// unsavedChunks is the number of bitmap chunks whose bits the store may
+// lack, with the count of failed writes and the last failure (status).
+func (p *persister) unsavedChunks() (chunks int, failures uint64, last string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.unsaved), p.failures, p.lastFailure
 }
 
 // merged is Hooks.OnBitmapMerged: every bit set in bm is set here and
 // persisted before returning, each touched chunk written once.
-func (p *persister) merged(bm *replication.Bitmap) {
+func (p *persister) merged(bm *replication.Bitmap) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
 	p.mu.Lock()
@@ -310,10 +364,10 @@ func (p *persister) merged(bm *replication.Bitmap) {
 			break
 		}
 		pos = off + n
-		if added, err := p.bm.Set(off, n); err != nil || added == 0 {
+		from, to := p.chunkRange(off, n)
+		if added, err := p.bm.Set(off, n); err != nil || (added == 0 && !p.unsavedLocked(from, to)) {
 			continue // already persisted as set (see dirty)
 		}
-		from, to := p.chunkRange(off, n)
 		for i := from; i <= to; i++ {
 			touched[i] = true
 			delete(p.pending, i)
@@ -325,9 +379,10 @@ func (p *persister) merged(bm *replication.Bitmap) {
 	}
 	chunks := p.encodeLocked(idxs)
 	p.mu.Unlock()
-	if err := p.putChunks(idxs, chunks); err != nil {
-		p.log.Error("persist out-of-sync bitmap", "err", err, "chunks", len(idxs))
+	if err := p.save(idxs, chunks); err != nil {
+		return fmt.Errorf("persist the out-of-sync bitmap (%d chunks): %w", len(idxs), err)
 	}
+	return nil
 }
 
 // markOutOfSync marks exts out of sync and persists the chunks they touch
@@ -357,7 +412,7 @@ func (p *persister) markOutOfSync(exts []replication.Extent) error {
 	}
 	chunks := p.encodeLocked(idxs)
 	p.mu.Unlock()
-	return p.putChunks(idxs, chunks)
+	return p.save(idxs, chunks)
 }
 
 // clean is Hooks.OnBitmapClean: persisted lazily by flush.
@@ -395,11 +450,7 @@ func (p *persister) flushAll() error {
 	chunks := p.encodeLocked(idxs)
 	clear(p.pending)
 	p.mu.Unlock()
-	err := p.makeDurable()
-	if err == nil {
-		err = p.putChunks(idxs, chunks)
-	}
-	if err != nil {
+	if err := p.makeDurable(); err != nil {
 		p.mu.Lock()
 		for _, i := range idxs {
 			p.pending[i] = true // written by the next flush
@@ -407,7 +458,7 @@ func (p *persister) flushAll() error {
 		p.mu.Unlock()
 		return err
 	}
-	return nil
+	return p.save(idxs, chunks) // a failed chunk is pending again
 }
 
 // makeDurable calls durable, if set: everything written locally before

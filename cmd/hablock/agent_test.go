@@ -485,3 +485,64 @@ func TestPersisterDiskStateHook(t *testing.T) {
 		t.Fatalf("after the poll: %+v", g)
 	}
 }
+
+// TestPersisterStoreFailure: while the metadata store refuses writes,
+// dirty fails (so the engine fails the write that needed the bits) and
+// the chunk is remembered as unsaved; a later dirty of the same range,
+// whose bits are already set in memory, still writes it, and so does the
+// next flush. Status sees the failures.
+func TestPersisterStoreFailure(t *testing.T) {
+	const size = 1 << 30
+	st, p := newTestPersister(t, size)
+	down := errors.New("metadata device gone read-only")
+	st.SetWriteFault(func() error { return down })
+	if err := p.dirty(64<<20, 8192); !errors.Is(err, down) {
+		t.Fatalf("dirty with the store failing: %v, want the store's error", err)
+	}
+	if err := p.dirty(64<<20, 4096); !errors.Is(err, down) {
+		t.Fatalf("dirty of already-set bits with the store failing: %v, want the store's error", err)
+	}
+	if unsaved, failures, last := p.unsavedChunks(); unsaved != 1 || failures != 2 || !strings.Contains(last, down.Error()) {
+		t.Fatalf("unsavedChunks = %d, %d, %q; want 1 chunk, 2 failures and the error", unsaved, failures, last)
+	}
+	reload := func() *replication.Bitmap {
+		bm, _ := replication.NewBitmap(size, 4096)
+		q, err := newPersister(st, bm, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return q.snapshot()
+	}
+	if n := reload().Count(); n != 0 {
+		t.Fatalf("store holds %d dirty blocks although every write failed", n)
+	}
+	st.SetWriteFault(nil)
+	// The same range again: no new bit, but the chunk is unsaved.
+	if err := p.dirty(64<<20, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if got := reload(); got.Count() != 2 || !got.Test(64<<20/4096) || !got.Test(64<<20/4096+1) {
+		t.Fatalf("after the store recovered: %d dirty blocks stored, want the 2 of the first write", got.Count())
+	}
+	if unsaved, _, _ := p.unsavedChunks(); unsaved != 0 {
+		t.Fatalf("%d chunks still unsaved after a successful write", unsaved)
+	}
+
+	// The flush retries an unsaved chunk by itself.
+	st.SetWriteFault(func() error { return down })
+	if err := p.dirty(512<<20, 4096); err == nil {
+		t.Fatal("dirty with the store failing succeeded")
+	}
+	p.flush() // still failing: stays unsaved
+	if unsaved, _, _ := p.unsavedChunks(); unsaved != 1 {
+		t.Fatalf("%d chunks unsaved after a failed flush, want 1", unsaved)
+	}
+	st.SetWriteFault(nil)
+	p.flush()
+	if got := reload(); got.Count() != 3 || !got.Test(512<<20/4096) {
+		t.Fatalf("after the flush: %d dirty blocks stored, want 3", got.Count())
+	}
+	if unsaved, _, _ := p.unsavedChunks(); unsaved != 0 {
+		t.Fatalf("%d chunks unsaved after a successful flush", unsaved)
+	}
+}

@@ -183,6 +183,9 @@ type Status struct {
 	Counters Counters `json:"counters"`
 	// LastError is the last replication error, empty if none.
 	LastError string `json:"last_error,omitempty"`
+	// Metadata reports failures to record the out-of-sync bitmap in the
+	// metadata store; nil while there were none.
+	Metadata *MetadataHealth `json:"metadata,omitempty"`
 	// SplitBrain: the connection was given up because of a split brain
 	// (IsSplitBrain); recover with connect --discard-my-data on the node
 	// whose changes are to be lost. Filled by the Server.
@@ -280,4 +283,19 @@ func FormatETA(d time.Duration) string {
 		return fmt.Sprintf("%d:%02d:%02d", s/3600, s/60%60, s%60)
 	}
 	return fmt.Sprintf("%d:%02d", s/60, s%60)
+}
+
+// MetadataHealth is what went wrong recording the out-of-sync bitmap in
+// the node's metadata store. While UnsavedChunks is non-zero, the store
+// may lack bits the engine holds in memory: a crash then would lose
+// them, so writes that would need new bits fail (nothing written) until
+// the store accepts writes again, and the agent retries the chunks.
+type MetadataHealth struct {
+	// Failures counts failed bitmap writes since the agent started.
+	Failures uint64 `json:"failures"`
+	// UnsavedChunks is the number of bitmap chunks not yet rewritten
+	// after a failure.
+	UnsavedChunks int `json:"unsaved_chunks"`
+	// LastError is the latest failure.
+	LastError string `json:"last_error"`
 }
