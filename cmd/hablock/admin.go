@@ -349,7 +349,7 @@ func formatStatus(st admin.Status) string {
 	}
 	if md := st.Metadata; md != nil {
 		if md.UnsavedChunks > 0 {
-			fmt.Fprintf(&b, "  metadata: FAILING: %d bitmap chunks not recorded (%d failed writes); writes that need new out-of-sync bits fail until the store recovers: %s\n",
+			fmt.Fprintf(&b, "  metadata: FAILING: %d bitmap chunks not recorded (%d failed writes); writes the peer does not get fail until the store recovers: %s\n",
 				md.UnsavedChunks, md.Failures, md.LastError)
 		} else {
 			fmt.Fprintf(&b, "  metadata: recovered after %d failed bitmap writes (last: %s)\n", md.Failures, md.LastError)

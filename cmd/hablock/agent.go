@@ -80,6 +80,17 @@ the next connect resync everything from the peer; after a split brain,
 "hablock connect --discard-my-data" on the node whose changes are to be
 thrown away (see "hablock connect --help").
 
+Metadata failures: the out-of-sync bitmap is recorded in the metadata
+store before a write that needs it completes. When the store cannot
+write (a failed or read-only metadata device), such a write fails
+(MEDIUM ERROR to the initiator, nothing written) rather than being
+acknowledged with nothing durable to say the peer lacks it; replicated
+writes need no new bits and go on. The agent retries the bitmap every
+500 ms, and "hablock status" shows "metadata: FAILING" until it is
+recorded, then "recovered". Fault injection for tests and drills: with
+HABLOCK_FAULT_METADATA=PATH in the environment, every metadata write
+fails while the file PATH exists.
+
 Profiling: with HABLOCK_PPROF=ADDR (for example 127.0.0.1:6060) in the
 environment the agent also serves Go's net/http/pprof handlers on ADDR
 (/debug/pprof/...; no authentication, so keep ADDR on loopback). Off by
@@ -290,6 +301,15 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 			return nil, fmt.Errorf("no metadata in %s: run `hablock create-md --config %s --node %s` first", node.MetaDir, cfgPath, node.Name)
 		}
 		return nil, err
+	}
+	if path := os.Getenv("HABLOCK_FAULT_METADATA"); path != "" {
+		log.Warn("fault injection: metadata writes fail while the file exists", "file", path)
+		store.SetWriteFault(func() error {
+			if _, err := os.Stat(path); err == nil {
+				return fmt.Errorf("fault injected by $HABLOCK_FAULT_METADATA (%s exists)", path)
+			}
+			return nil
+		})
 	}
 	a := &agent{res: res, node: node, peer: peer, cfgPath: cfgPath, log: log.With("node", node.Name), engineLog: log, store: store}
 	ok := false
