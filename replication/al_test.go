@@ -103,7 +103,7 @@ func (a *testAL) persisted() []Extent {
 // same as newNode's).
 func installAL(n *tnode, a *testAL) {
 	n.v.SetHooks(Hooks{
-		OnGenIDs:      func(g GenIDs) { n.gi.Store(&g) },
+		OnGenIDs:      n.persistGI,
 		OnBitmapDirty: n.persistDirty,
 		OnBitmapClean: func(off, l uint64) {
 			n.pmu.Lock()
@@ -281,7 +281,9 @@ func newFrozenPair(t *testing.T, extents int, ext int64) *frozenPair {
 	fp.wg.Add(2)
 	go func() { defer fp.wg.Done(); fp.a.v.Attach(context.Background(), ca) }()
 	go func() { defer fp.wg.Done(); fp.b.v.Attach(context.Background(), cb) }()
-	waitFor(t, "connected", 5*time.Second, func() bool { return fp.b.v.Status().Repl == Established })
+	waitFor(t, "connected", 5*time.Second, func() bool {
+		return fp.b.v.Status().Repl == Established && fp.a.v.Status().Repl == Established
+	})
 	return fp
 }
 

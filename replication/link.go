@@ -895,10 +895,9 @@ func (l *link) teardown() {
 		dirty += pw.n
 	}
 	if v.role == RolePrimary && v.disk >= UpToDate && !v.closed {
-		g := v.gi
-		if g.PeerLost(true, freshUUID()) {
-			v.setGILocked(g, "peer lost as primary")
-		}
+		// Not recorded: the old generation stays, and the next write
+		// without the peer tries again (markDirtyLocked) or fails.
+		_ = v.peerLostLocked("peer lost as primary")
 	}
 	v.setReplLocked(ReplOff, "connection lost")
 	v.setPeerDiskLocked(DUnknown)

@@ -33,6 +33,12 @@ func TestMetadataFailureFailsDegradedWrite(t *testing.T) {
 	if !bytes.Equal(got, make([]byte, len(p))) {
 		t.Fatal("the failed write reached the disk")
 	}
+	// The new generation of a Primary alone could not be recorded
+	// either: memory keeps the recorded one, so that a crash cannot
+	// restart the node in the peer's generation with changes it lacks.
+	if gi, rec := n.v.GenIDs(), *n.gi.Load(); gi != rec || gi != syncedState("a", RolePrimary).GI {
+		t.Fatalf("generations after the failure: in memory %v, recorded %v; want both still %v", gi, rec, syncedState("a", RolePrimary).GI)
+	}
 	if s := n.v.Status(); s.MetadataErrors != 1 || s.LastMetadataError == "" {
 		t.Fatalf("status MetadataErrors %d, LastMetadataError %q; want 1 and the error", s.MetadataErrors, s.LastMetadataError)
 	}
@@ -51,6 +57,16 @@ func TestMetadataFailureFailsDegradedWrite(t *testing.T) {
 	if !bytes.Equal(got, p) {
 		t.Fatal("the accepted write is not on the disk")
 	}
+	if gi, rec := n.v.GenIDs(), *n.gi.Load(); gi != rec || gi.Bitmap == 0 {
+		t.Fatalf("generations after the accepted write: in memory %v, recorded %v; want the new generation recorded", gi, rec)
+	}
+
+	// The generation is recorded now; only the bitmap fails.
+	n.failMetadata(errStoreDown)
+	if _, err := n.v.WriteAt(p, 3<<20); !errors.Is(err, ErrMetadata) {
+		t.Fatalf("write needing new bits with the store failing: %v, want ErrMetadata", err)
+	}
+	n.failMetadata(nil)
 	pbm := n.persistedBitmap()
 	if off, l, ok := pbm.NextDirtyRange(0, ^uint64(0)); !ok || off > 1<<20 || off+l < 1<<20+8192 {
 		t.Fatalf("persisted bitmap %d bytes (first run %d+%d, %v): the accepted write's range is not recorded", pbm.DirtyBytes(), off, l, ok)

@@ -123,8 +123,13 @@ type State struct {
 // BeforeWrite and AfterWrite (the activity log) run outside it.
 type Hooks struct {
 	// OnGenIDs is called with the new GIs whenever they change, before
-	// anything is done in the new generation.
-	OnGenIDs func(GenIDs)
+	// anything is done in the new generation. An error is counted as a
+	// metadata error (VolumeStatus.MetadataErrors). When it refuses the
+	// new generation of a Primary that goes on without its peer, the old
+	// one is kept and the write that needed it fails (ErrMetadata): a
+	// crash would otherwise restart the node in the peer's generation
+	// with changes the peer lacks.
+	OnGenIDs func(GenIDs) error
 	// OnDiskState is called with the local disk state whenever it
 	// changes, before anything is done in the new state (a resync
 	// target is Inconsistent before the first resynced block is
@@ -369,15 +374,36 @@ func freshUUID() uint64 {
 
 // ---- state changes (v.mu held) ----
 
-func (v *Volume) setGILocked(g GenIDs, why string) {
+// setGILocked makes g the GIs and reports them (OnGenIDs). An error of
+// the hook is counted and returned; g stays in effect.
+func (v *Volume) setGILocked(g GenIDs, why string) error {
 	if g == v.gi {
-		return
+		return nil
 	}
 	v.log.Info("generation change", "gen", g.String(), "old", v.gi.String(), "reason", why)
 	v.gi = g
 	if v.hooks.OnGenIDs != nil {
-		v.hooks.OnGenIDs(g)
+		if err := v.hooks.OnGenIDs(g); err != nil {
+			return v.metadataErrLocked(fmt.Errorf("record generation %s (%s): %w", g.String(), why, err))
+		}
 	}
+	return nil
+}
+
+// peerLostLocked starts the new generation of a Primary that goes on
+// without its peer (GenIDs.PeerLost). If OnGenIDs cannot record it, the
+// old generation is put back, so that memory says what the metadata
+// says: the write that needed it fails, and the next one tries again.
+func (v *Volume) peerLostLocked(why string) error {
+	old, g := v.gi, v.gi
+	if !g.PeerLost(true, freshUUID()) {
+		return nil
+	}
+	if err := v.setGILocked(g, why); err != nil {
+		v.gi = old
+		return err
+	}
+	return nil
 }
 
 func (v *Volume) setDiskLocked(to DiskState, why string) {
@@ -442,9 +468,9 @@ func (v *Volume) markDirtyLocked(off, n uint64) error {
 	// generation, and a new one would look like a split brain to a peer
 	// promoted in the meantime.
 	if v.link == nil && !v.closed && v.role == RolePrimary && v.gi.Bitmap == 0 && v.disk >= UpToDate {
-		g := v.gi
-		g.PeerLost(true, freshUUID())
-		v.setGILocked(g, "writing without peer")
+		if err := v.peerLostLocked("writing without peer"); err != nil {
+			return err
+		}
 	}
 	added, _ := v.bm.Set(off, n)
 	if v.metaUnrecorded && (v.hooks.OnBitmapDirty != nil || v.hooks.OnBitmapMerged != nil) {

@@ -352,7 +352,7 @@ func formatStatus(st admin.Status) string {
 			fmt.Fprintf(&b, "  metadata: FAILING: %d bitmap chunks not recorded (%d failed writes); writes the peer does not get fail until the store recovers: %s\n",
 				md.UnsavedChunks, md.Failures, md.LastError)
 		} else {
-			fmt.Fprintf(&b, "  metadata: recovered after %d failed bitmap writes (last: %s)\n", md.Failures, md.LastError)
+			fmt.Fprintf(&b, "  metadata: recovered after %d failed metadata writes (last: %s)\n", md.Failures, md.LastError)
 		}
 	}
 	if st.LostCache {

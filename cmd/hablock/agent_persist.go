@@ -474,19 +474,21 @@ func (p *persister) makeDurable() error {
 }
 
 // genIDs is Hooks.OnGenIDs: persisted before returning.
-func (p *persister) genIDs(g replication.GenIDs) {
+func (p *persister) genIDs(g replication.GenIDs) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	gen := replicationGen(g)
 	gen.Flags = p.gen.Flags
 	if gen == p.gen {
-		return
+		return nil
 	}
 	if err := p.store.SetGenerations(gen); err != nil {
-		p.log.Error("persist generation identifiers", "err", err, "gen", g.String())
-		return
+		p.failures++
+		p.lastFailure = err.Error()
+		return fmt.Errorf("persist generation identifiers %s: %w", g.String(), err)
 	}
 	p.gen = gen
+	return nil
 }
 
 // diskState is Hooks.OnDiskState: the consistent and was-up-to-date
