@@ -23,6 +23,7 @@ import (
 	"github.com/hablock/hablock/failover"
 	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/internal/config"
+	"github.com/hablock/hablock/internal/metrics"
 	"github.com/hablock/hablock/internal/units"
 	"github.com/hablock/hablock/iscsi"
 	"github.com/hablock/hablock/iscsi/scsi"
@@ -91,6 +92,27 @@ recorded, then "recovered". Fault injection for tests and drills: with
 HABLOCK_FAULT_METADATA=PATH in the environment, every metadata write
 fails while the file PATH exists.
 
+Metrics: with --metrics HOST:PORT the agent (and the witness) serves
+Prometheus metrics on GET /metrics, read from the same snapshot as
+"hablock status" at each scrape. Every series has the labels resource
+and node. States are one series valued 1 with the state in a label:
+hablock_role{role}, hablock_disk_state{state}, hablock_peer_disk_state,
+hablock_peer_role, hablock_connection_state, hablock_replication_state.
+Gauges: hablock_out_of_sync_bytes, hablock_resync_{total,done}_bytes,
+hablock_resync_rate_bytes_per_second, hablock_resync_running,
+hablock_verify_{total,done}_bytes, hablock_volume_size_bytes,
+hablock_split_brain, hablock_crashed_primary, hablock_lost_cache,
+hablock_metadata_unsaved_chunks. Counters: hablock_writes_total,
+hablock_written_bytes_total, hablock_replication_sent_bytes_total,
+hablock_resync_bytes_total, hablock_local_io_errors_total,
+hablock_metadata_write_failures_total. With a witness:
+hablock_failover_epoch, _quorum, _io_suspended, _record_primary{primary},
+_record_up_to_date{member}, _heartbeat_age_seconds{member},
+_heartbeat_max_gap_seconds{member}, _member_serf_state{member,state},
+_member_epoch{member}, _own_stalls_total, _own_max_stall_seconds. Plus
+the Go runtime's go_* and the process's process_* series. Example alert:
+hablock_disk_state{state!="UpToDate"} == 1 for 5m.
+
 Profiling: with HABLOCK_PPROF=ADDR (for example 127.0.0.1:6060) in the
 environment the agent also serves Go's net/http/pprof handlers on ADDR
 (/debug/pprof/...; no authentication, so keep ADDR on loopback). Off by
@@ -132,6 +154,7 @@ Flags:
 func runAgent(args []string, stdout, stderr io.Writer) error {
 	var (
 		cfgPath, nodeName, logLevel, logFormat string
+		metricsAddr                            string
 		noConnect                              bool
 		grace                                  time.Duration
 		procs                                  int
@@ -143,6 +166,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&grace, "shutdown-grace", 5*time.Second, "on SIGINT/SIGTERM, how long iSCSI sessions get to log out")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
+	fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on GET /metrics at `host:port` (no authentication: a loopback or management address); off when empty. The series are documented in \"hablock agent --help\" under Metrics")
 	fs.IntVar(&procs, "procs", 0, "CPUs the Go runtime may use at once (GOMAXPROCS). 0: half the machine's CPUs, at least 1, unless $GOMAXPROCS is set (as for hablock export: idle runtime threads spin and take cores from the kernel's network and page-cache work)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -157,8 +181,13 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageErrorf("%v", err)
 	}
+	if metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(metricsAddr); err != nil {
+			return usageErrorf("--metrics %q: want host:port, e.g. 127.0.0.1:9877", metricsAddr)
+		}
+	}
 	if res, err := config.Load(cfgPath); err == nil && res.IsWitness(nodeName) {
-		return runWitness(res, nodeName, cfgPath, log) // the diskless quorum member: cmd/hablock/witness.go
+		return runWitness(res, nodeName, cfgPath, metricsAddr, log) // the diskless quorum member: cmd/hablock/witness.go
 	}
 	setProcs(procs)
 	if addr := os.Getenv("HABLOCK_PPROF"); addr != "" {
@@ -194,6 +223,14 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv := admin.NewServer(a, a.log)
+	if metricsAddr != "" {
+		ms, err := metrics.Listen(metricsAddr, res.Name, node.Name, a.Status, a.log)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+		log.Info("serving metrics", "addr", ms.Addr().String(), "path", "/metrics")
+	}
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- srv.Serve(adminLn) }()
 	defer func() {

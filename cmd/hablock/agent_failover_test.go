@@ -22,6 +22,8 @@ type failoverTrio struct {
 	*scenarioPair
 	wsock string
 	w     *proc
+	// wmetrics is the witness's --metrics address.
+	wmetrics string
 }
 
 func newFailoverTrio(t *testing.T, size string, sizeBytes int64) *failoverTrio {
@@ -57,7 +59,7 @@ func newFailoverTrio(t *testing.T, size string, sizeBytes int64) *failoverTrio {
 		p.sock[i] = filepath.Join(dir, n+".sock")
 		p.img[i] = filepath.Join(dir, n+".img")
 	}
-	return &failoverTrio{scenarioPair: p, wsock: filepath.Join(dir, "w.sock")}
+	return &failoverTrio{scenarioPair: p, wsock: filepath.Join(dir, "w.sock"), wmetrics: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 }
 
 // establish creates the metadata, starts the three agents, makes n1
@@ -70,7 +72,7 @@ func (f *failoverTrio) establish(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("create-md w: %d\n%s%s", code, out, errOut)
 	}
-	f.w = startAgent(t, "--config", f.conf[0], "--node", "w")
+	f.w = startAgent(t, "--config", f.conf[0], "--node", "w", "--metrics", f.wmetrics)
 	f.start(t, 0)
 	f.start(t, 1)
 	f.admin(t, 0, "primary", "--force")
@@ -157,6 +159,15 @@ func TestFailoverAutomatic(t *testing.T) {
 	}
 	// Every acknowledged write is on the new Primary.
 	f.verify(t, 1, writes, 0x5a)
+	// The witness's metrics name the new Primary and epoch.
+	wm := scrape(t, f.wmetrics)
+	if wm[`hablock_failover_record_primary{node="w",primary="n2",resource="r0"}`] != 1 ||
+		wm[`hablock_role{node="w",resource="r0",role="Witness"}`] != 1 ||
+		wm[`hablock_failover_epoch{node="w",resource="r0"}`] < float64(st.Failover.Record.Epoch) {
+		t.Errorf("witness metrics after the failover: primary n2 %v, role Witness %v, epoch %v (want 1, 1, >= %d)",
+			wm[`hablock_failover_record_primary{node="w",primary="n2",resource="r0"}`], wm[`hablock_role{node="w",resource="r0",role="Witness"}`],
+			wm[`hablock_failover_epoch{node="w",resource="r0"}`], st.Failover.Record.Epoch)
+	}
 
 	f.start(t, 0)
 	st0 := f.waitFor(t, 0, "back as an UpToDate Secondary", 60*time.Second, func(st admin.Status) bool {

@@ -16,6 +16,7 @@ import (
 	"github.com/hablock/hablock/failover"
 	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/internal/config"
+	"github.com/hablock/hablock/internal/metrics"
 )
 
 // runWitness runs `hablock agent --node W` where W is the resource's
@@ -25,7 +26,7 @@ import (
 // the epoch) and GET /v1/failover the failover.Status (record, quorum,
 // members with serf status and heartbeat ages, events). Every other
 // admin request answers 409: a witness has no disk.
-func runWitness(res *config.Resource, name, cfgPath string, log *slog.Logger) error {
+func runWitness(res *config.Resource, name, cfgPath, metricsAddr string, log *slog.Logger) error {
 	node, err := res.Node(name)
 	if err != nil {
 		return usageErrorf("--node: %v", err)
@@ -59,6 +60,14 @@ func runWitness(res *config.Resource, name, cfgPath string, log *slog.Logger) er
 		return err
 	}
 	w := &witnessNode{res: res.Name, name: name, mgr: mgr}
+	if metricsAddr != "" {
+		ms, err := metrics.Listen(metricsAddr, res.Name, name, w.Status, log)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+		log.Info("serving metrics", "addr", ms.Addr().String(), "path", "/metrics")
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/failover", func(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Type", "application/json")
