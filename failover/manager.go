@@ -68,6 +68,7 @@ type Manager struct {
 	backoffUntil time.Time
 	last         Decision
 	events       []Event
+	eventSink    func(Event)
 	seq          uint64
 	tags         map[string]string
 	closed       bool
@@ -308,12 +309,26 @@ func handedOver(old, r Record, me, peer string) bool {
 }
 
 func (m *Manager) event(what string) {
+	e := Event{At: time.Now(), What: what}
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.events = append(m.events, Event{At: time.Now(), What: what})
+	m.events = append(m.events, e)
 	if len(m.events) > maxEvents {
 		m.events = slices.Delete(m.events, 0, len(m.events)-maxEvents)
 	}
+	sink := m.eventSink
+	m.mu.Unlock()
+	if sink != nil {
+		sink(e)
+	}
+}
+
+// SetEventSink makes the Manager hand every event (those Status lists)
+// to fn as well, as it happens; call it before Start. fn must not block
+// nor call the Manager.
+func (m *Manager) SetEventSink(fn func(Event)) {
+	m.mu.Lock()
+	m.eventSink = fn
+	m.mu.Unlock()
 }
 
 // ---- heartbeats ----

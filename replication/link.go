@@ -570,7 +570,7 @@ func (l *link) handleStateChange(m *StateChange) error {
 		l.log.Error("split brain detected: peer became primary while we are; disconnecting", "gen", v.gi.String(), "peer_gen", m.GI.String())
 		return fmt.Errorf("%w: peer became primary while we are", ErrSplitBrain)
 	}
-	v.peerRole = m.Role
+	v.setPeerRoleLocked(m.Role, "peer state change")
 	v.peerGI = m.GI
 	v.setPeerDiskLocked(m.Disk)
 	if (v.repl == SyncTarget || v.repl == PausedSyncT) && m.Repl == Established {
@@ -901,7 +901,7 @@ func (l *link) teardown() {
 	}
 	v.setReplLocked(ReplOff, "connection lost")
 	v.setPeerDiskLocked(DUnknown)
-	v.peerRole = RoleUnknown
+	v.setPeerRoleLocked(RoleUnknown, "connection lost")
 	v.setConnLocked(Unconnected, "connection lost")
 	v.lastErr = l.err.Error()
 	peerLost := v.fenceLinkLostLocked()
@@ -1181,7 +1181,7 @@ func (l *link) connect(ctx context.Context) error {
 	l.conn.SetDeadline(time.Time{})
 	v.link = l
 	v.peerName = peer.NodeName
-	v.peerRole = peer.Role
+	v.setPeerRoleLocked(peer.Role, "connected")
 	v.setConnLocked(Connected, d.String())
 	v.linkUpLocked()
 	source := v.repl == SyncSource

@@ -192,6 +192,12 @@ type Hooks struct {
 	BeforeWrite func(off, n uint64) error
 	AfterWrite  func(off, n uint64)
 
+	// OnTransition, when set, is called on every change of the role,
+	// the peer's role, the disk and peer-disk states, the connection
+	// and replication states and the GIs, under the volume's lock: it
+	// must not block nor call the Volume (append to an event log).
+	OnTransition func(Transition)
+
 	// OnPeerLost is called when, with Config.Fencing on, a Primary
 	// starts holding writes because its link to the peer dropped and the
 	// peer is not fenced: the caller should get the peer fenced (then
@@ -200,6 +206,32 @@ type Hooks struct {
 	// from a link goroutine; it must not block (hand off to another
 	// goroutine). Nil: none.
 	OnPeerLost func()
+}
+
+// Transition is one state change, for Hooks.OnTransition.
+type Transition struct {
+	// Kind is role, peer-role, disk, peer-disk, connection,
+	// replication or generation.
+	Kind     string
+	From, To string
+	Reason   string
+}
+
+// transitionLocked reports a change to OnTransition; v.mu held.
+func (v *Volume) transitionLocked(kind string, from, to fmt.Stringer, why string) {
+	if v.hooks.OnTransition != nil {
+		v.hooks.OnTransition(Transition{Kind: kind, From: from.String(), To: to.String(), Reason: why})
+	}
+}
+
+// setPeerRoleLocked records the peer's role.
+func (v *Volume) setPeerRoleLocked(r Role, why string) {
+	if v.peerRole == r {
+		return
+	}
+	from := v.peerRole
+	v.peerRole = r
+	v.transitionLocked("peer-role", from, r, why)
 }
 
 // alRef calls AfterWrite once both the local write and the peer's side
@@ -381,6 +413,7 @@ func (v *Volume) setGILocked(g GenIDs, why string) error {
 		return nil
 	}
 	v.log.Info("generation change", "gen", g.String(), "old", v.gi.String(), "reason", why)
+	v.transitionLocked("generation", v.gi, g, why)
 	v.gi = g
 	if v.hooks.OnGenIDs != nil {
 		if err := v.hooks.OnGenIDs(g); err != nil {
@@ -416,6 +449,7 @@ func (v *Volume) setDiskLocked(to DiskState, why string) {
 		return
 	}
 	v.log.Info("disk state", "state", to.String(), "from", from.String(), "reason", why)
+	v.transitionLocked("disk", from, to, why)
 	if v.hooks.OnDiskState != nil {
 		v.hooks.OnDiskState(to)
 	}
@@ -425,9 +459,12 @@ func (v *Volume) setPeerDiskLocked(to DiskState) {
 	if v.peerDisk == to {
 		return
 	}
+	from := v.peerDisk
 	if err := v.peerDisk.Become(to); err != nil {
 		v.log.Error("peer disk state change refused", "err", err)
+		return
 	}
+	v.transitionLocked("peer-disk", from, to, "")
 }
 
 func (v *Volume) setConnLocked(to ConnState, why string) {
@@ -440,6 +477,7 @@ func (v *Volume) setConnLocked(to ConnState, why string) {
 		return
 	}
 	v.log.Info("connection state", "state", to.String(), "from", from.String(), "reason", why)
+	v.transitionLocked("connection", from, to, why)
 }
 
 func (v *Volume) setReplLocked(to ReplState, why string) {
@@ -452,6 +490,7 @@ func (v *Volume) setReplLocked(to ReplState, why string) {
 		return
 	}
 	v.log.Info("replication state", "state", to.String(), "from", from.String(), "reason", why)
+	v.transitionLocked("replication", from, to, why)
 }
 
 // markDirty marks [off, off+n) out of sync. Writing without a peer as
@@ -559,6 +598,7 @@ func (v *Volume) Promote() error {
 	v.setGILocked(g, "promote")
 	v.role = RolePrimary
 	v.log.Info("role", "role", RolePrimary.String())
+	v.transitionLocked("role", RoleSecondary, RolePrimary, "promote")
 	v.fencePromotedLocked()
 	l := v.link
 	sc := &StateChange{Role: v.role, Disk: v.disk, Repl: v.repl, GI: v.gi}
@@ -587,6 +627,7 @@ func (v *Volume) Demote() error {
 	v.setGILocked(g, "demote")
 	v.role = RoleSecondary
 	v.log.Info("role", "role", RoleSecondary.String())
+	v.transitionLocked("role", RolePrimary, RoleSecondary, "demote")
 	v.fenceDemotedLocked()
 	l := v.link
 	sc := &StateChange{Role: v.role, Disk: v.disk, Repl: v.repl, GI: v.gi}

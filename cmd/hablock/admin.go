@@ -42,17 +42,40 @@ type adminSpec struct {
 	// waitKind is what --wait follows after op: "sync" (the
 	// connection and its resync) or "verify".
 	waitKind string
+	// events: the command prints the event stream (--follow, --json)
+	// instead of a status.
+	events bool
 }
 
 type adminOpts struct {
 	config, node, socket string
 	force, repair, wait  bool
 	json, discard        bool
+	follow               bool
 	to                   string
 	timeout              time.Duration
 }
 
 var adminSpecs = []adminSpec{
+	{name: "events", summary: "print a node's events: state changes, failover steps (like drbdsetup events2)", events: true,
+		help: `Print the node's events, oldest first, one per line: every change of the
+role, the peer's role, the disk and peer-disk states, the connection and
+replication states and the generation identifiers (source replication);
+every step of the failover manager: votes, promotions, fencing, adopted
+records (source failover); and the agent's own (its start, metadata
+failures and recovery). The agent keeps the last 1024; each has a number
+(#SEQ) without gaps, so a reader that sees a jump knows it missed some.
+
+With --follow it goes on printing events as they happen, until
+interrupted (a long poll of GET /v1/events?after=SEQ&wait=30s). With
+--json each event is one JSON object per line (JSON Lines): seq, at,
+source, kind, from, to, reason.
+
+Examples:
+  hablock events --config /etc/hablock/r0.conf --node n1
+  hablock events --config /etc/hablock/r0.conf --node n1 --follow
+  hablock events --socket /run/hablock/r0-n1.sock --follow --json | jq -c 'select(.kind=="role")'
+`},
 	{name: "status", summary: "show a node's role, disk, connection and sync progress (like drbdadm status)", json: true,
 		help: `Show the state of the resource on this node, like "drbdadm status":
 
@@ -224,6 +247,10 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	if spec.json {
 		fs.BoolVar(&o.json, "json", false, "print the full status as JSON")
 	}
+	if spec.events {
+		fs.BoolVar(&o.json, "json", false, "print each event as one JSON object per line")
+		fs.BoolVar(&o.follow, "follow", false, "keep printing events as they happen, until interrupted")
+	}
 	if spec.force {
 		fs.BoolVar(&o.force, "force", false, "promote even though the local disk is not UpToDate (see above)")
 	}
@@ -262,7 +289,7 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	timeout := o.timeout
-	if timeout == 0 && !o.wait {
+	if timeout == 0 && !o.wait && !o.follow {
 		timeout = 60 * time.Second
 	}
 	if timeout > 0 {
@@ -279,6 +306,9 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	if spec.events {
+		return noAgent(printEvents(ctx, c, o, stdout))
+	}
 	var st admin.Status
 	var err error
 	if spec.op == nil {
@@ -301,6 +331,64 @@ func runAdmin(spec adminSpec, args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = io.WriteString(stdout, formatStatus(st))
 	return err
+}
+
+// printEvents prints the kept events and, with o.follow, the new ones
+// until ctx ends (then it returns nil: an interrupt ends a follow).
+func printEvents(ctx context.Context, c *admin.Client, o adminOpts, w io.Writer) error {
+	enc := json.NewEncoder(w)
+	var after uint64
+	for first := true; ; first = false {
+		wait := time.Duration(0)
+		if !first {
+			wait = admin.MaxEventWait
+		}
+		evs, next, err := c.Events(ctx, after, wait)
+		if err != nil {
+			if o.follow && !first && ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for _, e := range evs {
+			if o.json {
+				err = enc.Encode(e)
+			} else {
+				_, err = io.WriteString(w, formatEvent(e)+"\n")
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if next < after {
+			// The agent restarted: its numbering began again.
+			fmt.Fprintf(w, "-- the agent restarted (events numbered from 1 again) --\n")
+		}
+		after = next
+		if !o.follow {
+			return nil
+		}
+	}
+}
+
+// formatEvent renders one event on one line.
+func formatEvent(e admin.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s #%d %s", e.At.UTC().Format("2006-01-02T15:04:05.000Z"), e.Seq, e.Source)
+	if e.Kind != "" && e.Kind != "failover" {
+		fmt.Fprintf(&b, " %s", e.Kind)
+	}
+	if e.From != "" || e.To != "" {
+		fmt.Fprintf(&b, ": %s -> %s", e.From, e.To)
+	}
+	if e.Reason != "" {
+		if e.From != "" || e.To != "" {
+			fmt.Fprintf(&b, " (%s)", e.Reason)
+		} else {
+			fmt.Fprintf(&b, ": %s", e.Reason)
+		}
+	}
+	return b.String()
 }
 
 // formatStatus renders st like drbdadm status.

@@ -166,7 +166,7 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&grace, "shutdown-grace", 5*time.Second, "on SIGINT/SIGTERM, how long iSCSI sessions get to log out")
 	fs.StringVar(&logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	fs.StringVar(&logFormat, "log-format", "text", "log `format`: text or json")
-	fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on GET /metrics at `host:port` (no authentication: a loopback or management address); off when empty. The series are documented in \"hablock agent --help\" under Metrics")
+	fs.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics on GET /metrics at `host:port` (no authentication: a loopback or management address); off when empty (the series: see Metrics above)")
 	fs.IntVar(&procs, "procs", 0, "CPUs the Go runtime may use at once (GOMAXPROCS). 0: half the machine's CPUs, at least 1, unless $GOMAXPROCS is set (as for hablock export: idle runtime threads spin and take cores from the kernel's network and page-cache work)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -245,6 +245,8 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		a.Connect(context.Background(), false)
 	}
 	st := a.Status(context.Background())
+	a.events.Append(admin.Event{Source: "agent", Kind: "start", Reason: fmt.Sprintf("agent running: role %s, disk %s, connection %s, out of sync %s",
+		st.Role, st.Disk, st.Connection, units.FormatSize(int64(st.OutOfSyncBytes)))})
 	log.Info("agent running", "resource", res.Name, "node", node.Name, "admin", node.Admin, "peer_address", a.peerAddrLog(),
 		"role", st.Role, "disk", st.Disk, "size", units.FormatSize(st.Size), "uuid", st.UUID)
 
@@ -287,7 +289,10 @@ type agent struct {
 	lostPending atomic.Bool
 	peerLn      *net.TCPListener // nil on the dialing side
 	persist     *persister
-	al          *activityLog
+	// events is the node's event stream (hablock events): the engine's
+	// transitions, the failover manager's events, the agent's own.
+	events *admin.EventLog
+	al     *activityLog
 
 	// ctx ends when the agent closes; background work (Run, Verify)
 	// derives from it.
@@ -348,7 +353,8 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 			return nil
 		})
 	}
-	a := &agent{res: res, node: node, peer: peer, cfgPath: cfgPath, log: log.With("node", node.Name), engineLog: log, store: store}
+	a := &agent{res: res, node: node, peer: peer, cfgPath: cfgPath, log: log.With("node", node.Name), engineLog: log, store: store,
+		events: admin.NewEventLog(0)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -397,6 +403,7 @@ func openAgent(res *config.Resource, node, peer config.Node, cfgPath string, log
 	if a.persist, err = newPersister(store, bm, a.log); err != nil {
 		return nil, err
 	}
+	a.persist.events = a.events
 	a.persist.durable = a.dev.Flush
 	crashed := mst.Gen.Flags.Has(meta.FlagCrashedPrimary)
 	alExtents, err := a.openActivityLog(crashed)
@@ -485,9 +492,15 @@ func (a *agent) newVolume(st replication.State) (*replication.Volume, error) {
 		OnPeerLost:     a.notifyFailover,
 		BeforeWrite:    a.al.before,
 		AfterWrite:     a.al.after,
+		OnTransition: func(t replication.Transition) {
+			a.events.Append(admin.Event{Source: "replication", Kind: t.Kind, From: t.From, To: t.To, Reason: t.Reason})
+		},
 	})
 	return v, nil
 }
+
+// Events implements admin.EventSource.
+func (a *agent) Events() *admin.EventLog { return a.events }
 
 // openActivityLog loads the persisted hot set into a new activity log.
 // After a crash as Primary (crashed) the hot extents are first marked out
@@ -995,6 +1008,8 @@ func (a *agent) forceUpToDateLocked() (wasRunning bool, err error) {
 		return wasRunning, err
 	}
 	a.log.Warn("forced UpToDate: this node's data is now the good copy; the peer will be fully resynced", "gen", gi.String())
+	a.events.Append(admin.Event{Source: "agent", Kind: "disk", From: old.Status().Disk.String(), To: replication.UpToDate.String(),
+		Reason: "forced by the operator: this node's data is the good copy, the peer is fully resynced"})
 	a.mu.Lock()
 	a.vol = v
 	a.mu.Unlock()

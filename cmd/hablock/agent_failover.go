@@ -295,6 +295,7 @@ func (a *agent) startFailover() error {
 	if err != nil {
 		return err
 	}
+	m.SetEventSink(failoverEvents(a.events))
 	if err := m.Start(a.ctx); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/hablock/hablock/blockdev/meta"
+	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/replication"
 )
 
@@ -86,9 +87,12 @@ type persister struct {
 	// failures counts failed chunk writes; lastFailure is the latest.
 	failures    uint64
 	lastFailure string
-	gen         meta.Generations // as stored, flags included
-	role        meta.Role
-	peer        string
+	// events, when set, gets a "metadata" event when chunks become
+	// unsaved and when the last of them is written.
+	events *admin.EventLog
+	gen    meta.Generations // as stored, flags included
+	role   meta.Role
+	peer   string
 	// durable, when set, makes every completed local write durable
 	// (the backing store's Flush). A chunk written by flushAll may
 	// record blocks in sync, and on a sync target "in sync" is only
@@ -329,6 +333,18 @@ func (p *persister) save(idxs []uint64, chunks map[uint64][]byte) error {
 	err := p.putChunks(idxs, chunks)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	before := len(p.unsaved)
+	defer func() {
+		switch after := len(p.unsaved); {
+		case p.events == nil:
+		case before == 0 && after > 0:
+			p.events.Append(admin.Event{Source: "agent", Kind: "metadata", From: "ok", To: "failing",
+				Reason: fmt.Sprintf("%d bitmap chunks not recorded: %s", after, p.lastFailure)})
+		case before > 0 && after == 0:
+			p.events.Append(admin.Event{Source: "agent", Kind: "metadata", From: "failing", To: "ok",
+				Reason: fmt.Sprintf("bitmap recorded after %d failed writes", p.failures)})
+		}
+	}()
 	for _, i := range idxs {
 		if err != nil {
 			p.unsaved[i], p.pending[i] = true, true

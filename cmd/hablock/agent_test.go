@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -89,12 +88,7 @@ func createMD(t *testing.T, conf, node, uuid string) string {
 // to log "agent running". It is killed when the test ends.
 func startAgent(t *testing.T, args ...string) *proc {
 	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, append([]string{"agent"}, args...)...)
-	cmd.Env = append(os.Environ(), "HABLOCK_TEST_MAIN=1")
+	cmd := hablockCmd(t, append([]string{"agent"}, args...)...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

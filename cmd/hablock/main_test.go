@@ -39,9 +39,9 @@ type proc struct {
 
 var listenRE = regexp.MustCompile(`listen=(\S+)`)
 
-// startHablock runs "hablock args..." and waits until it logs its listen
-// address. The process is killed when the test ends.
-func startHablock(t *testing.T, args ...string) *proc {
+// hablockCmd is "hablock args..." as a separate process: the test binary
+// run as main (HABLOCK_TEST_MAIN).
+func hablockCmd(t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -49,6 +49,14 @@ func startHablock(t *testing.T, args ...string) *proc {
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), "HABLOCK_TEST_MAIN=1")
+	return cmd
+}
+
+// startHablock runs "hablock args..." and waits until it logs its listen
+// address. The process is killed when the test ends.
+func startHablock(t *testing.T, args ...string) *proc {
+	t.Helper()
+	cmd := hablockCmd(t, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

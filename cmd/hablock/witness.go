@@ -50,6 +50,8 @@ func runWitness(res *config.Resource, name, cfgPath, metricsAddr string, log *sl
 	if err != nil {
 		return err
 	}
+	events := admin.NewEventLog(0)
+	mgr.SetEventSink(failoverEvents(events))
 	if err := mgr.Start(context.Background()); err != nil {
 		return err
 	}
@@ -59,7 +61,7 @@ func runWitness(res *config.Resource, name, cfgPath, metricsAddr string, log *sl
 	if err != nil {
 		return err
 	}
-	w := &witnessNode{res: res.Name, name: name, mgr: mgr}
+	w := &witnessNode{res: res.Name, name: name, mgr: mgr, events: events}
 	if metricsAddr != "" {
 		ms, err := metrics.Listen(metricsAddr, res.Name, name, w.Status, log)
 		if err != nil {
@@ -110,6 +112,17 @@ func runWitness(res *config.Resource, name, cfgPath, metricsAddr string, log *sl
 type witnessNode struct {
 	res, name string
 	mgr       *failover.Manager
+	events    *admin.EventLog
+}
+
+// Events implements admin.EventSource.
+func (w *witnessNode) Events() *admin.EventLog { return w.events }
+
+// failoverEvents is a failover.Manager event sink that appends to log.
+func failoverEvents(log *admin.EventLog) func(failover.Event) {
+	return func(e failover.Event) {
+		log.Append(admin.Event{At: e.At, Source: "failover", Kind: "failover", Reason: e.What})
+	}
 }
 
 var errWitness = fmt.Errorf("%w: this node is the witness: it has no disk (run the command on a disk node)", admin.ErrConflict)

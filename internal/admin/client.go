@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"syscall"
+	"time"
 )
 
 // maxResponse bounds a response body; a Status is about a kilobyte.
@@ -103,40 +105,62 @@ func boolQuery(k string, v bool) url.Values {
 	return url.Values{k: {"1"}}
 }
 
+// Events returns the node's events with Seq > after, waiting up to wait
+// for the first (the long poll of GET /v1/events), and the Seq to pass
+// as after next time.
+func (c *Client) Events(ctx context.Context, after uint64, wait time.Duration) ([]Event, uint64, error) {
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	var r EventsReply
+	if err := c.call(ctx, http.MethodGet, "events", q, &r); err != nil {
+		return nil, after, err
+	}
+	return r.Events, r.Next, nil
+}
+
 func (c *Client) do(ctx context.Context, method, op string, q url.Values) (Status, error) {
 	var st Status
+	err := c.call(ctx, method, op, q, &st)
+	return st, err
+}
+
+// call makes one request and decodes its JSON answer into out.
+func (c *Client) call(ctx context.Context, method, op string, q url.Values, out any) error {
+	st := out
 	u := "http://hablock/v1/" + op
 	if len(q) > 0 {
 		u += "?" + q.Encode()
 	}
 	req, err := http.NewRequestWithContext(ctx, method, u, nil)
 	if err != nil {
-		return st, err
+		return err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if ctx.Err() == nil && (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)) {
-			return st, fmt.Errorf("%w at %s", ErrNoAgent, c.socket)
+			return fmt.Errorf("%w at %s", ErrNoAgent, c.socket)
 		}
-		return st, fmt.Errorf("admin %s: %w", op, err)
+		return fmt.Errorf("admin %s: %w", op, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
 	if err != nil {
-		return st, fmt.Errorf("admin %s: read response: %w", op, err)
+		return fmt.Errorf("admin %s: read response: %w", op, err)
 	}
 	if len(body) > maxResponse {
-		return st, fmt.Errorf("admin %s: response larger than %d bytes", op, maxResponse)
+		return fmt.Errorf("admin %s: response larger than %d bytes", op, maxResponse)
 	}
 	if resp.StatusCode != http.StatusOK {
 		e := &Error{HTTPStatus: resp.StatusCode}
 		if json.Unmarshal(body, e) != nil || e.Message == "" {
 			e.Code, e.Message = CodeInternal, fmt.Sprintf("admin %s: HTTP %s", op, resp.Status)
 		}
-		return st, e
+		return e
 	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("admin %s: decode status: %w", op, err)
+	if err := json.Unmarshal(body, st); err != nil {
+		return fmt.Errorf("admin %s: decode answer: %w", op, err)
 	}
-	return st, nil
+	return nil
 }

@@ -53,6 +53,7 @@ func NewServer(node Node, log *slog.Logger) *Server {
 	s.action(mux, "pause-sync", func(ctx context.Context, _ flags) error { return node.PauseSync(ctx) })
 	s.action(mux, "resume-sync", func(ctx context.Context, _ flags) error { return node.ResumeSync(ctx) })
 	s.action(mux, "switchover", func(ctx context.Context, f flags) error { return node.Switchover(ctx, f.to) }, "to")
+	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{HTTPStatus: http.StatusNotFound, Code: CodeNotFound,
 			Message: fmt.Sprintf("no endpoint %s %s (see GET /v1/status)", r.Method, r.URL.Path)})
@@ -121,6 +122,57 @@ func (s *Server) action(mux *http.ServeMux, name string, fn func(context.Context
 }
 
 // status is the node's Status with the derived fields filled in.
+// EventSource is implemented by a Node that keeps an event stream
+// (GET /v1/events answers 404 for one that does not).
+type EventSource interface {
+	Events() *EventLog
+}
+
+// EventsReply is the answer of GET /v1/events.
+type EventsReply struct {
+	Events []Event `json:"events"`
+	// Next is the Seq to pass as after in the next request.
+	Next uint64 `json:"next"`
+}
+
+// events serves GET /v1/events?after=SEQ&wait=DURATION: the events with
+// Seq > after (0: all that are kept), waiting up to wait (at most
+// MaxEventWait) for one if there is none.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	src, ok := s.node.(EventSource)
+	if !ok || src.Events() == nil {
+		writeError(w, &Error{HTTPStatus: http.StatusNotFound, Code: CodeNotFound, Message: "this node keeps no event stream"})
+		return
+	}
+	var after uint64
+	var wait time.Duration
+	for k, vs := range r.URL.Query() {
+		v := vs[len(vs)-1]
+		var err error
+		switch k {
+		case "after":
+			after, err = strconv.ParseUint(v, 10, 64)
+		case "wait":
+			wait, err = time.ParseDuration(v)
+			if err == nil && (wait < 0 || wait > MaxEventWait) {
+				err = fmt.Errorf("not in [0, %v]", MaxEventWait)
+			}
+		default:
+			err = errors.New("unknown parameter")
+		}
+		if err != nil {
+			writeError(w, &Error{HTTPStatus: http.StatusBadRequest, Code: CodeBadRequest,
+				Message: fmt.Sprintf("events: parameter %s=%q: %v", k, v, err)})
+			return
+		}
+	}
+	evs, next := src.Events().Wait(r.Context(), after, wait)
+	if evs == nil {
+		evs = []Event{}
+	}
+	writeJSON(w, http.StatusOK, EventsReply{Events: evs, Next: next})
+}
+
 func (s *Server) status(ctx context.Context) Status {
 	st := s.node.Status(ctx)
 	st.SplitBrain = st.IsSplitBrain()
@@ -132,10 +184,10 @@ func (s *Server) status(ctx context.Context) Status {
 func methodCheck(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		want := http.MethodPost
-		if r.URL.Path == "/v1/status" {
+		if r.URL.Path == "/v1/status" || r.URL.Path == "/v1/events" {
 			want = http.MethodGet
 		}
-		known := r.URL.Path == "/v1/status"
+		known := want == http.MethodGet
 		for _, n := range []string{"connect", "disconnect", "primary", "secondary", "invalidate", "verify", "pause-sync", "resume-sync", "switchover"} {
 			known = known || r.URL.Path == "/v1/"+n
 		}
