@@ -113,7 +113,14 @@
 //     {E+1, to, both} is agreed, it demotes keeping the iSCSI connections,
 //     the target promotes (by a direct request carrying the clients),
 //     then the old Primary closes the connections so the initiators
-//     reconnect to the new Primary at their first try.
+//     reconnect to the new Primary at their first try. The record may be
+//     agreed with the witness alone and reach the target by a heartbeat
+//     before the vote or promote request does: a target that adopts a
+//     record handing it the role from its peer with both disks up to
+//     date (only a switchover makes one) waits for the promote request,
+//     as a granted vote would, before it re-acquires by itself; and a
+//     promote request for an older epoch that still names it is
+//     answered as done.
 //
 // The cluster tests (cluster_test.go) run three Managers over real UDP,
 // TCP, serf and badger on 127.0.0.1/2/3 with an in-memory Local that
