@@ -2,6 +2,7 @@ package replication
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -62,6 +63,19 @@ type tnode struct {
 	// metaErr, while set, fails OnBitmapDirty with nothing persisted
 	// (a metadata store that cannot write).
 	metaErr error // guarded by pmu
+	// diskErr, while set, fails OnDiskState only.
+	diskErr error // guarded by pmu
+}
+
+// persistDisk is the test nodes' OnDiskState.
+func (n *tnode) persistDisk(d DiskState) error {
+	n.pmu.Lock()
+	defer n.pmu.Unlock()
+	if err := cmp.Or(n.metaErr, n.diskErr); err != nil {
+		return err
+	}
+	n.disk.Store(int32(d))
+	return nil
 }
 
 // persistGI is the test nodes' OnGenIDs.
@@ -116,7 +130,7 @@ func newNode(t testing.TB, dev blockdev.Device, mem *blockdev.Memory, st State, 
 	}
 	v.SetHooks(Hooks{
 		OnGenIDs:      n.persistGI,
-		OnDiskState:   func(d DiskState) { n.disk.Store(int32(d)) },
+		OnDiskState:   n.persistDisk,
 		OnBitmapDirty: n.persistDirty,
 		OnBitmapClean: func(off, l uint64) {
 			n.pmu.Lock()
@@ -892,26 +906,45 @@ func (w *writeWatch) WriteAt(p []byte, off int64) (int, error) {
 // agent persists) before the first resynced block reaches its disk, and
 // UpToDate only at the end: a crash in between never restarts a
 // half-synced disk as UpToDate.
-func TestDiskStateHookBeforeResyncWrites(t *testing.T) {
-	cfg := testConfig()
+// watchedResync is a pair whose Secondary's disk counts the writes made
+// while its recorded disk state is not Inconsistent, once armed: the
+// pair was in sync, the link is blocked and the Primary has made that
+// many random 8 KiB writes alone, so unblocking it resyncs them.
+type watchedResync struct {
+	pr    *pair
+	watch *writeWatch
+	sn    atomic.Pointer[tnode]
+}
+
+func newWatchedResync(t *testing.T, writes int, seed uint64) *watchedResync {
+	w := &watchedResync{}
 	smem := blockdev.NewMemory(testSize)
-	var sn atomic.Pointer[tnode]
-	watch := &writeWatch{Device: smem, check: func() bool {
-		n := sn.Load()
+	w.watch = &writeWatch{Device: smem, check: func() bool {
+		n := w.sn.Load()
 		return n == nil || DiskState(n.disk.Load()) == Inconsistent
 	}}
-	pr := newPairDev(t, cfg, syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, watch, smem)
+	pr := newPairDev(t, testConfig(), syncedState("a", RolePrimary), syncedState("b", RoleSecondary), nil, nil, w.watch, smem)
+	w.pr = pr
 	pr.waitInSync(5 * time.Second)
 	pr.blocked.Store(true)
 	pr.killLink()
 	waitFor(t, "primary degraded", 5*time.Second, func() bool { return pr.p.v.Status().Conn != Connected })
-	r := rand.New(rand.NewPCG(13, 13))
-	for i := 0; i < 32; i++ {
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := 0; i < writes; i++ {
 		if _, err := pr.p.v.WriteAt(randBytes(r, 8192), int64(r.IntN(testSize/8192))*8192); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sn.Store(pr.s) // from here on every write to n2 is resync data
+	return w
+}
+
+// arm starts counting: from here on every write to b is resync data.
+func (w *watchedResync) arm() { w.sn.Store(w.pr.s) }
+
+func TestDiskStateHookBeforeResyncWrites(t *testing.T) {
+	w := newWatchedResync(t, 32, 13)
+	pr, watch := w.pr, w.watch
+	w.arm()
 	before := pr.p.v.resyncBytes.Load()
 	pr.blocked.Store(false)
 	pr.waitInSync(10 * time.Second)

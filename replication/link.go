@@ -1169,8 +1169,15 @@ func (l *link) connect(ctx context.Context) error {
 		v.mu.Lock()
 		g := v.gi
 		g.StartResyncTarget(su.UUID)
-		v.setGILocked(g, "resync start (target)")
-		v.setDiskLocked(Inconsistent, "sync target")
+		err := v.setGILocked(g, "resync start (target)")
+		if err == nil {
+			err = v.setDiskLocked(Inconsistent, "sync target")
+		}
+		if err != nil {
+			// Nothing resynced yet: what the metadata says still holds.
+			v.mu.Unlock()
+			return fmt.Errorf("connect as sync target: %w", err)
+		}
 		v.setReplLocked(WFBitMapT, d.String())
 		v.setReplLocked(SyncTarget, d.String())
 		v.startResyncStatsLocked()

@@ -137,3 +137,42 @@ func TestMetadataFailureWhenLinkDiesWithWritesInFlight(t *testing.T) {
 		})
 	}
 }
+
+// A node that must become a resync target while its metadata store
+// cannot record that (the new generation, or Inconsistent) refuses the
+// connect before any resynced block reaches its disk: its recorded
+// state, UpToDate with the old data, stays true. Once the store works,
+// the next connect resyncs and ends UpToDate.
+func TestMetadataFailureRefusesSyncTarget(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		fail func(n *tnode, err error)
+	}{
+		{"store-failing", func(n *tnode, err error) { n.failMetadata(err) }},
+		{"disk-state-failing", func(n *tnode, err error) { n.pmu.Lock(); n.diskErr = err; n.pmu.Unlock() }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			w := newWatchedResync(t, 16, 43)
+			pr, watch := w.pr, w.watch
+			c.fail(pr.s, errStoreDown)
+			w.arm()
+			pr.blocked.Store(false)
+			waitFor(t, "a refused connect on b", 5*time.Second, func() bool { return pr.s.v.Status().MetadataErrors >= 2 })
+			if n := watch.bad.Load(); n != 0 {
+				t.Fatalf("%d resync writes reached b while its recorded disk state was UpToDate", n)
+			}
+			if d := DiskState(pr.s.disk.Load()); d != UpToDate {
+				t.Fatalf("b's recorded disk state %v, want still UpToDate", d)
+			}
+			c.fail(pr.s, nil)
+			pr.waitInSync(10 * time.Second)
+			if n := watch.bad.Load(); n != 0 {
+				t.Fatalf("%d resync writes reached b while its recorded disk state was not Inconsistent", n)
+			}
+			if d := DiskState(pr.s.disk.Load()); d != UpToDate {
+				t.Fatalf("after the resync b's recorded disk state is %v, want UpToDate", d)
+			}
+			assertSame(t, pr.p.mem, pr.s.mem)
+		})
+	}
+}

@@ -134,8 +134,10 @@ type Hooks struct {
 	// changes, before anything is done in the new state (a resync
 	// target is Inconsistent before the first resynced block is
 	// written): persist it before returning, so that a crash never
-	// restarts a half-synced disk as UpToDate.
-	OnDiskState func(DiskState)
+	// restarts a half-synced disk as UpToDate. An error is counted as a
+	// metadata error; when it refuses Inconsistent to a resync target,
+	// the connect fails before any resynced block is written.
+	OnDiskState func(DiskState) error
 	// OnBitmapDirty is called when bytes [off, off+n) (whole blocks)
 	// become out of sync, before the write that caused it completes.
 	// An error says the bits are not durable: the engine then fails a
@@ -318,6 +320,8 @@ type Volume struct {
 	// metaUnrecorded: a bitmap hook failed and no whole-bitmap report
 	// has succeeded since; bits set in memory may not be durable.
 	metaUnrecorded bool
+	// diskUnrecorded: OnDiskState failed for the current disk state.
+	diskUnrecorded bool
 
 	hold ioHold // fencing and I/O suspension (fence.go)
 
@@ -439,20 +443,31 @@ func (v *Volume) peerLostLocked(why string) error {
 	return nil
 }
 
-func (v *Volume) setDiskLocked(to DiskState, why string) {
-	if v.disk == to {
-		return
+// setDiskLocked changes the disk state and reports it (OnDiskState); an
+// error of the hook is counted and returned, the new state stays in
+// memory, and the next call reports it again even if it names the same
+// state (diskUnrecorded).
+func (v *Volume) setDiskLocked(to DiskState, why string) error {
+	if v.disk == to && !v.diskUnrecorded {
+		return nil
 	}
-	from := v.disk
-	if err := v.disk.Become(to); err != nil {
-		v.log.Error("disk state change refused", "err", err)
-		return
+	if v.disk != to {
+		from := v.disk
+		if err := v.disk.Become(to); err != nil {
+			v.log.Error("disk state change refused", "err", err)
+			return nil
+		}
+		v.log.Info("disk state", "state", to.String(), "from", from.String(), "reason", why)
+		v.transitionLocked("disk", from, to, why)
 	}
-	v.log.Info("disk state", "state", to.String(), "from", from.String(), "reason", why)
-	v.transitionLocked("disk", from, to, why)
 	if v.hooks.OnDiskState != nil {
-		v.hooks.OnDiskState(to)
+		if err := v.hooks.OnDiskState(v.disk); err != nil {
+			v.diskUnrecorded = true
+			return v.metadataErrLocked(fmt.Errorf("record disk state %s (%s): %w", v.disk, why, err))
+		}
 	}
+	v.diskUnrecorded = false
+	return nil
 }
 
 func (v *Volume) setPeerDiskLocked(to DiskState) {

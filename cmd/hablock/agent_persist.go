@@ -511,12 +511,15 @@ func (p *persister) genIDs(g replication.GenIDs) error {
 // flags follow the local disk state before the engine acts in it (a
 // resync target is recorded Inconsistent before its first resynced
 // block is written). Called under the engine's lock, like genIDs.
-func (p *persister) diskState(d replication.DiskState) {
+func (p *persister) diskState(d replication.DiskState) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.setFlagsLocked(p.gen.Flags&^diskFlagMask|diskFlags(d), p.gen); err != nil {
-		p.log.Error("persist disk state", "err", err, "disk", d.String())
+		p.failures++
+		p.lastFailure = err.Error()
+		return fmt.Errorf("persist disk state %s: %w", d, err)
 	}
+	return nil
 }
 
 // diskFlagMask are the flags diskState owns.
