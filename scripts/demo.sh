@@ -26,4 +26,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 [ "$(id -u)" -eq 0 ] || { echo "demo: needs root (network namespaces, FUSE, loop mount)" >&2; exit 1; }
-exec go run ./benchmarks/failover --trials "${TRIALS:-2}" --switchovers "${SWITCHOVERS:-2}" --markdown "" "$@"
+exec go run ./benchmarks/failover --trials "${TRIALS:-2}" --switchovers "${SWITCHOVERS:-2}" --markdown "" --events "${EVENTS:-30}" "$@"

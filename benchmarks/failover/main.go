@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/hablock/hablock/failover/rig"
+	"github.com/hablock/hablock/internal/admin"
 )
 
 const helpText = `failover: unplanned failovers and planned switchovers of a replicated
@@ -116,6 +117,7 @@ type options struct {
 	partitions          []string
 	hold                time.Duration
 	tickle              bool
+	events              int
 }
 
 func main() {
@@ -144,6 +146,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.markdown, "markdown", "benchmarks/RESULTS.md", "append the report to this `file` (empty: stdout only)")
 	fs.StringVar(&o.prefix, "prefix", "rg", "prefix of the namespaces and of /tmp/PREFIX-PID")
 	fs.BoolVar(&o.keep, "keep", false, "keep the working directory (logs, images) after a successful run")
+	fs.IntVar(&o.events, "events", 0, "at the end, print the last `N` events of the Primary's event stream (hablock events), to stdout only")
 	fs.DurationVar(&o.pingInterval, "ping-interval", 500*time.Millisecond, "replication link net.ping-interval")
 	fs.DurationVar(&o.pingTimeout, "ping-timeout", 250*time.Millisecond, "replication link net.ping-timeout")
 	fs.Int64Var(&o.size, "size", 512<<20, "volume size in `bytes`")
@@ -237,6 +240,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		parts = append(parts, p)
 	}
+	// The event stream is read before Finish, which stops the agents.
+	var evs []admin.Event
+	var evErr error
+	evNode := r.Primary()
+	if o.events > 0 {
+		if evs, evErr = r.Events(ctx, evNode); evErr != nil {
+			logf("events of %s: %v", evNode, evErr)
+		}
+	}
 	var fin *rig.Final
 	if runErr == nil {
 		f, err := r.Finish(ctx)
@@ -248,6 +260,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	rep := report(o, takeover, began, time.Now(), fo, so, parts, fin, runErr)
 	fmt.Fprint(stdout, rep)
+	if o.events > 0 && evErr == nil {
+		fmt.Fprintf(stdout, "\n### The last %d events of the Primary, %s (hablock events)\n\n```\n", min(o.events, len(evs)), evNode)
+		for _, e := range evs[max(0, len(evs)-o.events):] {
+			fmt.Fprintln(stdout, e.String())
+		}
+		fmt.Fprint(stdout, "```\n")
+	}
 	if o.markdown != "" {
 		f, err := os.OpenFile(o.markdown, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {

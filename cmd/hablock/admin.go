@@ -354,7 +354,7 @@ func printEvents(ctx context.Context, c *admin.Client, o adminOpts, w io.Writer)
 			if o.json {
 				err = enc.Encode(e)
 			} else {
-				_, err = io.WriteString(w, formatEvent(e)+"\n")
+				_, err = io.WriteString(w, e.String()+"\n")
 			}
 			if err != nil {
 				return err
@@ -369,26 +369,6 @@ func printEvents(ctx context.Context, c *admin.Client, o adminOpts, w io.Writer)
 			return nil
 		}
 	}
-}
-
-// formatEvent renders one event on one line.
-func formatEvent(e admin.Event) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s #%d %s", e.At.UTC().Format("2006-01-02T15:04:05.000Z"), e.Seq, e.Source)
-	if e.Kind != "" && e.Kind != "failover" {
-		fmt.Fprintf(&b, " %s", e.Kind)
-	}
-	if e.From != "" || e.To != "" {
-		fmt.Fprintf(&b, ": %s -> %s", e.From, e.To)
-	}
-	if e.Reason != "" {
-		if e.From != "" || e.To != "" {
-			fmt.Fprintf(&b, " (%s)", e.Reason)
-		} else {
-			fmt.Fprintf(&b, ": %s", e.Reason)
-		}
-	}
-	return b.String()
 }
 
 // formatStatus renders st like drbdadm status.

@@ -425,6 +425,18 @@ func (r *Rig) Status(ctx context.Context, node string) (admin.Status, error) {
 	return c.Status(ctx)
 }
 
+// Events is node's kept event stream (hablock events).
+func (r *Rig) Events(ctx context.Context, node string) ([]admin.Event, error) {
+	c := r.admins[node]
+	if c == nil {
+		return nil, fmt.Errorf("no agent %s", node)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	evs, _, err := c.Events(ctx, 0, 0)
+	return evs, err
+}
+
 func inSync(st admin.Status) bool {
 	return st.Connection == "Connected" && st.Replication == "Established" && st.Disk == "UpToDate" &&
 		st.PeerDisk == "UpToDate" && st.OutOfSyncBytes == 0

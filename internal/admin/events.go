@@ -2,6 +2,8 @@ package admin
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"time"
 )
@@ -26,6 +28,28 @@ type Event struct {
 	To   string `json:"to,omitempty"`
 	// Reason says why (or, for failover events, what happened).
 	Reason string `json:"reason,omitempty"`
+}
+
+// String renders e on one line, as `hablock events` prints it:
+// "2026-12-04T20:32:38.585Z #5 replication role: Secondary -> Primary (promote)".
+func (e Event) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s #%d %s", e.At.UTC().Format("2006-01-02T15:04:05.000Z"), e.Seq, e.Source)
+	if e.Kind != "" && e.Kind != e.Source {
+		fmt.Fprintf(&b, " %s", e.Kind)
+	}
+	transition := e.From != "" || e.To != ""
+	if transition {
+		fmt.Fprintf(&b, ": %s -> %s", e.From, e.To)
+	}
+	switch {
+	case e.Reason == "":
+	case transition:
+		fmt.Fprintf(&b, " (%s)", e.Reason)
+	default:
+		fmt.Fprintf(&b, ": %s", e.Reason)
+	}
+	return b.String()
 }
 
 // DefaultEventLogSize is how many events an EventLog keeps.

@@ -96,3 +96,32 @@ func TestEventsEndpoint(t *testing.T) {
 		t.Error("events from a node without a stream succeeded")
 	}
 }
+
+func TestEventString(t *testing.T) {
+	at := time.Date(2026, 12, 4, 20, 32, 38, 585e6, time.UTC)
+	for _, c := range []struct {
+		e    Event
+		want string
+	}{
+		{Event{Seq: 5, At: at, Source: "replication", Kind: "role", From: "Secondary", To: "Primary", Reason: "promote"},
+			"2026-12-04T20:32:38.585Z #5 replication role: Secondary -> Primary (promote)"},
+		{Event{Seq: 6, At: at, Source: "replication", Kind: "peer-disk", From: "DUnknown", To: "Inconsistent"},
+			"2026-12-04T20:32:38.585Z #6 replication peer-disk: DUnknown -> Inconsistent"},
+		{Event{Seq: 7, At: at, Source: "failover", Kind: "failover", Reason: "promoted in epoch 3"},
+			"2026-12-04T20:32:38.585Z #7 failover: promoted in epoch 3"},
+		{Event{Seq: 1, At: at, Source: "agent", Kind: "start", Reason: "agent running"},
+			"2026-12-04T20:32:38.585Z #1 agent start: agent running"},
+	} {
+		if got := c.e.String(); got != c.want {
+			t.Errorf("got  %q\nwant %q", got, c.want)
+		}
+	}
+}
+
+// A kind named like its source is not repeated.
+func TestEventStringKindLikeSource(t *testing.T) {
+	e := Event{Seq: 9, At: time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC), Source: "replication", Kind: "replication", From: "Off", To: "SyncSource"}
+	if got, want := e.String(), "2026-12-04T00:00:00.000Z #9 replication: Off -> SyncSource"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
