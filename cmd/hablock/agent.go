@@ -983,26 +983,34 @@ func (a *agent) Primary(ctx context.Context, force bool) error {
 // of sync so that the peer gets all of it. It stops the connection loop
 // and reports whether it ran; the caller restarts it. a.opMu held.
 //
-// TODO(issue 3): replication.Volume has no "force UpToDate" (nor
-// invalidate) operation; the restart below is the agent's stand-in.
+// It restarts the volume rather than calling Volume.ForceUpToDate,
+// which needs the link down: stopping the old volume tears a running
+// link down with it. A metadata write that fails fails the force.
 func (a *agent) forceUpToDateLocked() (wasRunning bool, err error) {
 	wasRunning = a.stopRunLocked()
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
 	old := a.volume()
-	old.Stop()
+	// Record first, while the old volume still serves: a store that
+	// cannot write leaves the node as it was. (With the link stopped and
+	// the node Secondary, nothing changes the GIs meanwhile.)
 	gi := old.GenIDs()
 	gi.NewCurrent(freshGen())
 	bm := old.Bitmap()
 	bm.SetAll()
 	a.persist.replace(bm)
 	if err := a.persist.flushAll(); err != nil {
-		return wasRunning, err
+		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
 	}
 	st := replication.State{VolumeUUID: a.id.UUID, NodeName: a.node.Name, Role: replication.RoleSecondary,
 		Disk: replication.UpToDate, GI: gi, Bitmap: a.persist.snapshot()}
-	a.persist.genIDs(gi)
-	a.persist.setFlags(meta.FlagConsistent|meta.FlagWasUpToDate, replicationGen(gi))
+	if err := a.persist.genIDs(gi); err != nil {
+		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
+	}
+	if err := a.persist.setFlags(meta.FlagConsistent|meta.FlagWasUpToDate, replicationGen(gi)); err != nil {
+		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
+	}
+	old.Stop()
 	v, err := a.newVolume(st)
 	if err != nil {
 		return wasRunning, err
