@@ -60,8 +60,8 @@ type tnode struct {
 	// pbm is the bitmap as persisted through OnBitmapDirty/OnBitmapClean.
 	pmu sync.Mutex
 	pbm *Bitmap
-	// metaErr, while set, fails OnBitmapDirty with nothing persisted
-	// (a metadata store that cannot write).
+	// metaErr, while set, fails OnGenIDs, OnDiskState and OnBitmapDirty
+	// with nothing persisted (a metadata store that cannot write).
 	metaErr error // guarded by pmu
 	// diskErr, while set, fails OnDiskState only.
 	diskErr error // guarded by pmu
@@ -902,10 +902,6 @@ func (w *writeWatch) WriteAt(p []byte, off int64) (int, error) {
 	return w.Device.WriteAt(p, off)
 }
 
-// A resync target reports Inconsistent through OnDiskState (which the
-// agent persists) before the first resynced block reaches its disk, and
-// UpToDate only at the end: a crash in between never restarts a
-// half-synced disk as UpToDate.
 // watchedResync is a pair whose Secondary's disk counts the writes made
 // while its recorded disk state is not Inconsistent, once armed: the
 // pair was in sync, the link is blocked and the Primary has made that
@@ -941,6 +937,10 @@ func newWatchedResync(t *testing.T, writes int, seed uint64) *watchedResync {
 // arm starts counting: from here on every write to b is resync data.
 func (w *watchedResync) arm() { w.sn.Store(w.pr.s) }
 
+// A resync target reports Inconsistent through OnDiskState (which the
+// agent persists) before the first resynced block reaches its disk, and
+// UpToDate only at the end: a crash in between never restarts a
+// half-synced disk as UpToDate.
 func TestDiskStateHookBeforeResyncWrites(t *testing.T) {
 	w := newWatchedResync(t, 32, 13)
 	pr, watch := w.pr, w.watch

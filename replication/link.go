@@ -397,8 +397,6 @@ func (l *link) startWrite(off, n uint64, data []byte, discard bool, al *alRef) *
 // sends itself (see startWrite).
 const inlineSendMax = 64 << 10
 
-// waitWrite waits as the protocol says and reports whether the peer
-// took the write.
 // waitWrite waits for the peer's side of a write: nil once it is on the
 // peer (C) or received (B); with A at once. An error wrapping
 // ErrMetadata says the peer lost it and the range could not be recorded
@@ -887,9 +885,12 @@ func (l *link) teardown() {
 	v.mu.Lock()
 	v.link = nil
 	var dirty uint64
-	unrecorded := map[*pendingWrite]error{}
+	var unrecorded map[*pendingWrite]error // nil unless a mark failed
 	for _, pw := range writes {
 		if err := v.markDirtyLocked(pw.off, pw.n); err != nil {
+			if unrecorded == nil {
+				unrecorded = map[*pendingWrite]error{}
+			}
 			unrecorded[pw] = err
 		}
 		dirty += pw.n

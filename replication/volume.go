@@ -50,8 +50,9 @@ var (
 	// ErrNotConnected: the operation needs a connected peer.
 	ErrNotConnected = errors.New("replication: not connected")
 	// ErrMetadata: the caller's hook could not record the out-of-sync
-	// bitmap durably (OnBitmapDirty or OnBitmapMerged failed). A write
-	// that would have needed the record fails with nothing written.
+	// bitmap, the GIs or the disk state durably (OnBitmapDirty,
+	// OnBitmapMerged, OnGenIDs or OnDiskState failed). A write that
+	// would have needed the record fails with nothing written.
 	ErrMetadata = errors.New("replication: metadata not recorded")
 )
 
@@ -314,7 +315,7 @@ type Volume struct {
 	pauseCh  chan struct{} // closed and replaced on resume
 	closed   bool
 	lastErr  string
-	// metaErrors and lastMetaErr: bitmap hook failures (VolumeStatus).
+	// metaErrors and lastMetaErr: metadata hook failures (VolumeStatus).
 	metaErrors  uint64
 	lastMetaErr string
 	// metaUnrecorded: a bitmap hook failed and no whole-bitmap report
@@ -539,20 +540,26 @@ func (v *Volume) markDirtyLocked(off, n uint64) error {
 		start := off / bs * bs
 		end := min((off+n+bs-1)/bs*bs, v.size)
 		if err := v.hooks.OnBitmapDirty(start, end-start); err != nil {
-			return v.metadataErrLocked(fmt.Errorf("record blocks [%d, %d) out of sync: %w", start, end, err))
+			return v.bitmapErrLocked(fmt.Errorf("record blocks [%d, %d) out of sync: %w", start, end, err))
 		}
 	}
 	return nil
 }
 
-// metadataErrLocked counts and logs a failure of a bitmap hook and
+// metadataErrLocked counts and logs a failure of a metadata hook and
 // returns it wrapped in ErrMetadata.
 func (v *Volume) metadataErrLocked(err error) error {
-	v.metaUnrecorded = true
 	v.metaErrors++
 	v.lastMetaErr = err.Error()
-	v.log.Error("out-of-sync bitmap not recorded durably", "err", err)
+	v.log.Error("metadata not recorded durably", "err", err)
 	return fmt.Errorf("%w: %w", ErrMetadata, err)
+}
+
+// bitmapErrLocked is metadataErrLocked for a bitmap hook: bits set in
+// memory are no longer known to be durable (metaUnrecorded).
+func (v *Volume) bitmapErrLocked(err error) error {
+	v.metaUnrecorded = true
+	return v.metadataErrLocked(err)
 }
 
 // reportDirtyLocked reports every dirty run to OnBitmapDirty, after a
@@ -561,7 +568,7 @@ func (v *Volume) metadataErrLocked(err error) error {
 func (v *Volume) reportDirtyLocked() error {
 	if v.hooks.OnBitmapMerged != nil {
 		if err := v.hooks.OnBitmapMerged(v.bm); err != nil {
-			return v.metadataErrLocked(fmt.Errorf("record the bitmap (%d bytes out of sync): %w", v.bm.DirtyBytes(), err))
+			return v.bitmapErrLocked(fmt.Errorf("record the bitmap (%d bytes out of sync): %w", v.bm.DirtyBytes(), err))
 		}
 		v.metaUnrecorded = false
 		return nil
@@ -576,7 +583,7 @@ func (v *Volume) reportDirtyLocked() error {
 			return nil
 		}
 		if err := v.hooks.OnBitmapDirty(off, n); err != nil {
-			return v.metadataErrLocked(fmt.Errorf("record blocks [%d, %d) out of sync: %w", off, off+n, err))
+			return v.bitmapErrLocked(fmt.Errorf("record blocks [%d, %d) out of sync: %w", off, off+n, err))
 		}
 		pos = off + n
 	}
@@ -914,16 +921,11 @@ issue:
 
 	v.writes.Add(1)
 	v.bytesWritten.Add(n)
-	peerOK := false
+	var peerErr error
 	if pw != nil {
-		peerErr := l.waitWrite(pw)
-		if errors.Is(peerErr, ErrMetadata) {
-			// The peer lacks it and nothing durable says so: not
-			// acknowledged (the range's activity-log extent stays hot).
-			return fmt.Errorf("replication: write offset %d length %d: the peer lost it: %w", off, n, peerErr)
-		}
-		peerOK = peerErr == nil
+		peerErr = l.waitWrite(pw)
 	}
+	peerOK := pw != nil && peerErr == nil
 	if localErr != nil {
 		if !errors.Is(localErr, ErrNoGoodDisk) {
 			v.localFailed(localErr)
@@ -931,6 +933,11 @@ issue:
 		if !peerOK {
 			return fmt.Errorf("replication: write offset %d length %d: %w: %w", off, n, ErrNoGoodDisk, localErr)
 		}
+	}
+	if errors.Is(peerErr, ErrMetadata) {
+		// The peer lacks it and nothing durable says so: not
+		// acknowledged (the range's activity-log extent stays hot).
+		return fmt.Errorf("replication: write offset %d length %d: the peer lost it: %w", off, n, peerErr)
 	}
 	if pw != nil && !peerOK && l.isDead() {
 		return v.waitUnreplicated(off, n) // fencing (fence.go)
@@ -1044,9 +1051,9 @@ type VolumeStatus struct {
 	// (source) or applied (target); LocalErrors local I/O errors.
 	Writes, BytesWritten, BytesSent, ResyncBytes, LocalErrors uint64
 	LastError                                                 string
-	// MetadataErrors counts failures to record the out-of-sync bitmap
-	// durably (Hooks.OnBitmapDirty, OnBitmapMerged); LastMetadataError
-	// is the latest.
+	// MetadataErrors counts failures to record the bitmap, the GIs or
+	// the disk state durably (the Hooks that return errors);
+	// LastMetadataError is the latest.
 	MetadataErrors    uint64
 	LastMetadataError string
 

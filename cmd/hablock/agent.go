@@ -223,14 +223,11 @@ func runAgent(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	srv := admin.NewServer(a, a.log)
-	if metricsAddr != "" {
-		ms, err := metrics.Listen(metricsAddr, res.Name, node.Name, a.Status, a.log)
-		if err != nil {
-			return err
-		}
-		defer ms.Close()
-		log.Info("serving metrics", "addr", ms.Addr().String(), "path", "/metrics")
+	stopMetrics, err := serveMetrics(metricsAddr, res.Name, node.Name, a.Status, a.log)
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- srv.Serve(adminLn) }()
 	defer func() {
@@ -501,6 +498,21 @@ func (a *agent) newVolume(st replication.State) (*replication.Volume, error) {
 
 // Events implements admin.EventSource.
 func (a *agent) Events() *admin.EventLog { return a.events }
+
+// serveMetrics serves a node's Prometheus metrics on addr (--metrics)
+// until the returned function is called; with addr empty it does
+// nothing.
+func serveMetrics(addr, resource, node string, status metrics.StatusFunc, log *slog.Logger) (func(), error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ms, err := metrics.Listen(addr, resource, node, status, log)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("serving metrics", "addr", ms.Addr().String(), "path", "/metrics")
+	return func() { ms.Close() }, nil
+}
 
 // openActivityLog loads the persisted hot set into a new activity log.
 // After a crash as Primary (crashed) the hot extents are first marked out
@@ -990,6 +1002,9 @@ func (a *agent) forceUpToDateLocked() (wasRunning bool, err error) {
 	wasRunning = a.stopRunLocked()
 	a.syncMu.Lock()
 	defer a.syncMu.Unlock()
+	refuse := func(err error) (bool, error) {
+		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
+	}
 	old := a.volume()
 	// Record first, while the old volume still serves: a store that
 	// cannot write leaves the node as it was. (With the link stopped and
@@ -1000,15 +1015,15 @@ func (a *agent) forceUpToDateLocked() (wasRunning bool, err error) {
 	bm.SetAll()
 	a.persist.replace(bm)
 	if err := a.persist.flushAll(); err != nil {
-		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
+		return refuse(err)
 	}
 	st := replication.State{VolumeUUID: a.id.UUID, NodeName: a.node.Name, Role: replication.RoleSecondary,
 		Disk: replication.UpToDate, GI: gi, Bitmap: a.persist.snapshot()}
 	if err := a.persist.genIDs(gi); err != nil {
-		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
+		return refuse(err)
 	}
 	if err := a.persist.setFlags(meta.FlagConsistent|meta.FlagWasUpToDate, replicationGen(gi)); err != nil {
-		return wasRunning, fmt.Errorf("force: cannot record this node's data as the good copy (nothing changed): %w", err)
+		return refuse(err)
 	}
 	old.Stop()
 	v, err := a.newVolume(st)

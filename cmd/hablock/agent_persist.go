@@ -334,17 +334,6 @@ func (p *persister) save(idxs []uint64, chunks map[uint64][]byte) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	before := len(p.unsaved)
-	defer func() {
-		switch after := len(p.unsaved); {
-		case p.events == nil:
-		case before == 0 && after > 0:
-			p.events.Append(admin.Event{Source: "agent", Kind: "metadata", From: "ok", To: "failing",
-				Reason: fmt.Sprintf("%d bitmap chunks not recorded: %s", after, p.lastFailure)})
-		case before > 0 && after == 0:
-			p.events.Append(admin.Event{Source: "agent", Kind: "metadata", From: "failing", To: "ok",
-				Reason: fmt.Sprintf("bitmap recorded after %d failed writes", p.failures)})
-		}
-	}()
 	for _, i := range idxs {
 		if err != nil {
 			p.unsaved[i], p.pending[i] = true, true
@@ -353,10 +342,24 @@ func (p *persister) save(idxs []uint64, chunks map[uint64][]byte) error {
 		}
 	}
 	if err != nil {
-		p.failures++
-		p.lastFailure = err.Error()
+		p.failedLocked(err)
+	}
+	switch after := len(p.unsaved); {
+	case p.events == nil:
+	case before == 0 && after > 0:
+		p.events.Append(admin.Event{Source: "agent", Kind: "metadata", From: "ok", To: "failing",
+			Reason: fmt.Sprintf("%d bitmap chunks not recorded: %s", after, p.lastFailure)})
+	case before > 0 && after == 0:
+		p.events.Append(admin.Event{Source: "agent", Kind: "metadata", From: "failing", To: "ok",
+			Reason: fmt.Sprintf("bitmap recorded after %d failed writes", p.failures)})
 	}
 	return err
+}
+
+// failedLocked counts a failed store write for status; p.mu held.
+func (p *persister) failedLocked(err error) {
+	p.failures++
+	p.lastFailure = err.Error()
 }
 
 // unsavedChunks is the number of bitmap chunks whose bits the store may
@@ -499,8 +502,7 @@ func (p *persister) genIDs(g replication.GenIDs) error {
 		return nil
 	}
 	if err := p.store.SetGenerations(gen); err != nil {
-		p.failures++
-		p.lastFailure = err.Error()
+		p.failedLocked(err)
 		return fmt.Errorf("persist generation identifiers %s: %w", g.String(), err)
 	}
 	p.gen = gen
@@ -515,8 +517,7 @@ func (p *persister) diskState(d replication.DiskState) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.setFlagsLocked(p.gen.Flags&^diskFlagMask|diskFlags(d), p.gen); err != nil {
-		p.failures++
-		p.lastFailure = err.Error()
+		p.failedLocked(err)
 		return fmt.Errorf("persist disk state %s: %w", d, err)
 	}
 	return nil

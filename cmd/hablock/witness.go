@@ -16,7 +16,6 @@ import (
 	"github.com/hablock/hablock/failover"
 	"github.com/hablock/hablock/internal/admin"
 	"github.com/hablock/hablock/internal/config"
-	"github.com/hablock/hablock/internal/metrics"
 )
 
 // runWitness runs `hablock agent --node W` where W is the resource's
@@ -62,14 +61,11 @@ func runWitness(res *config.Resource, name, cfgPath, metricsAddr string, log *sl
 		return err
 	}
 	w := &witnessNode{res: res.Name, name: name, mgr: mgr, events: events}
-	if metricsAddr != "" {
-		ms, err := metrics.Listen(metricsAddr, res.Name, name, w.Status, log)
-		if err != nil {
-			return err
-		}
-		defer ms.Close()
-		log.Info("serving metrics", "addr", ms.Addr().String(), "path", "/metrics")
+	stopMetrics, err := serveMetrics(metricsAddr, res.Name, name, w.Status, log)
+	if err != nil {
+		return err
 	}
+	defer stopMetrics()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/failover", func(rw http.ResponseWriter, r *http.Request) {
 		rw.Header().Set("Content-Type", "application/json")

@@ -34,9 +34,10 @@ func TestEventLogNumbersAndDropsOldest(t *testing.T) {
 func TestEventLogWait(t *testing.T) {
 	l := NewEventLog(0)
 	l.Append(Event{Kind: "a"})
-	start := time.Now()
-	if evs, next := l.Wait(context.Background(), 0, time.Second); len(evs) != 1 || next != 1 || time.Since(start) > 500*time.Millisecond {
-		t.Fatalf("Wait with an event kept: %v, next %d after %v; want it at once", evs, next, time.Since(start))
+	// An event already kept is returned without waiting (a long wait
+	// that ran out would return none).
+	if evs, next := l.Wait(context.Background(), 0, MaxEventWait); len(evs) != 1 || next != 1 {
+		t.Fatalf("Wait with an event kept: %v, next %d; want it", evs, next)
 	}
 	go func() {
 		time.Sleep(50 * time.Millisecond)
