@@ -333,6 +333,9 @@ type Volume struct {
 
 	stop     chan struct{} // closed by Close
 	stopOnce sync.Once
+	// afterStopSignal, set only by tests, runs in Stop right after stop
+	// is closed (the link's watch goroutine may tear the link down then).
+	afterStopSignal func()
 
 	writes, bytesWritten, bytesSent, resyncBytes, localErrors atomic.Uint64
 }
@@ -1000,12 +1003,20 @@ func (v *Volume) Close() error {
 // Stop stops replication without closing the device: the link is cut
 // (as a crash would) and later I/O fails with ErrClosed.
 func (v *Volume) Stop() {
-	v.stopOnce.Do(func() { close(v.stop) })
+	// closed before stop: the link's watch goroutine fails the link as
+	// soon as stop is closed, and a teardown that did not yet see closed
+	// started a new generation on the stopping Primary, which its peer,
+	// promoted meanwhile, then met as a split brain (TestFailoverAndReturn,
+	// seen twice in CI).
 	v.mu.Lock()
 	v.closed = true
 	v.wakeHoldLocked()
 	l := v.link
 	v.mu.Unlock()
+	v.stopOnce.Do(func() { close(v.stop) })
+	if v.afterStopSignal != nil {
+		v.afterStopSignal()
+	}
 	if l != nil {
 		l.fail(fmt.Errorf("volume stopped: %w", ErrClosed))
 		<-l.finished
