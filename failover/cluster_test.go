@@ -375,9 +375,13 @@ func (c *cluster) bootstrap() {
 		c.t.Fatal(err)
 	}
 	c.setLink(true)
-	c.waitFor("n2 readmitted", func() bool {
+	// All three on the readmission's record: the witness grants it
+	// before n1 saves it (propose returns on the first grant), so a
+	// test reading n1's record as soon as the witness has it could see
+	// the one before (TestClusterWitnessDies failed so once in CI).
+	c.waitFor("n2 readmitted, on every node", func() bool {
 		r := c.status("w").Record
-		return r.Primary == "n1" && r.Has("n2")
+		return r.Primary == "n1" && r.Has("n2") && c.status("n1").Record.Equal(r) && c.status("n2").Record.Equal(r)
 	})
 }
 
@@ -559,10 +563,6 @@ func TestClusterSwitchoverTargetLearnsFirst(t *testing.T) {
 		}
 	})
 	c.bootstrap()
-	c.waitFor("all three on one record", func() bool {
-		a, b, w := c.status("n1").Record, c.status("n2").Record, c.status("w").Record
-		return a.Epoch == w.Epoch && b.Epoch == w.Epoch
-	})
 	e0 := c.status("n1").Record.Epoch
 	slow.Store("n1>n2", 400*time.Millisecond)
 	if err := c.mgr["n1"].Switchover(context.Background(), "n2"); err != nil {
